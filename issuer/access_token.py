@@ -1,0 +1,98 @@
+"""RFC 9068 JWT access tokens: minting, and reading back our own tokens.
+
+Section 2.2 lists the required claims (iss, exp, aud, sub, client_id, iat,
+jti) and section 2.1 the ``typ`` header ``at+jwt``. We add ``scope``,
+``mial``, ``maal`` and ``assurance_levels`` (docs/levels.md), and ``act``
+for delegated token exchange (RFC 8693 section 4.1).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import jwt
+
+from .assurance import Assessment
+from .keys import KeyRing
+
+__all__ = ["AccessTokenMinter", "read_own_token"]
+
+
+class AccessTokenMinter:
+    """Builds and signs access tokens for one issuer identifier."""
+
+    def __init__(self, keyring: KeyRing, issuer: str) -> None:
+        self.keyring = keyring
+        self.issuer = issuer
+
+    def build_claims(
+        self,
+        *,
+        subject: str,
+        client_id: str,
+        audiences: Sequence[str],
+        scopes: Sequence[str],
+        assessment: Assessment,
+        policy_version: str,
+        now: int,
+        expires_at: int,
+        actor: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The claim set of RFC 9068 section 2.2 plus the assurance claims."""
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": audiences[0] if len(audiences) == 1 else list(audiences),
+            "client_id": client_id,
+            "iat": now,
+            "nbf": now,
+            "exp": expires_at,
+            "jti": secrets.token_urlsafe(16),
+        }
+        if scopes:
+            claims["scope"] = " ".join(scopes)
+        if actor is not None:
+            claims["act"] = actor
+        claims["mial"] = assessment.mial_level
+        claims["maal"] = assessment.maal_level
+        claims["assurance_levels"] = assessment.claim(policy_version)
+        return claims
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """Sign with the current key and ``typ: at+jwt`` (section 2.1)."""
+        return self.keyring.sign(claims, typ="at+jwt")
+
+
+def read_own_token(token: str, keyring: KeyRing, issuer: str, now: float) -> dict[str, Any] | None:
+    """Return the claims of a token this issuer signed, or ``None``.
+
+    ``None`` covers every reason a token is not one of ours or not usable:
+    malformed, unknown key, bad signature, wrong ``typ`` or ``iss``, expired.
+    Used by introspection (RFC 7662 section 2.2 answers all of them alike).
+    """
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        return None
+    kid = header.get("kid")
+    if header.get("typ") != "at+jwt" or not isinstance(kid, str):
+        return None
+    key = keyring.public_key(kid, now)
+    if key is None or header.get("alg") != key.alg:
+        return None
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.private_key.public_key(),  # type: ignore[arg-type]
+            algorithms=[key.alg],
+            issuer=issuer,
+            options={"verify_aud": False, "verify_exp": False, "verify_nbf": False},
+        )
+    except jwt.InvalidTokenError:
+        return None
+    exp = claims.get("exp")
+    if type(exp) is not int or exp <= now:
+        return None
+    return claims

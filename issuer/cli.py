@@ -1,0 +1,420 @@
+"""``wimse-issuer``: serve, and manage clients, keys, policy and the audit log.
+
+Every command takes ``--home`` (state folder, default ``.``) and
+``--config`` (TOML file); see docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .clients import ClientRegistry, RegistrationError
+from .config import ConfigError, Settings, load_settings
+from .errors import EvidenceError
+from .keys import KeyRing, load_or_create_secret_key
+from .policy import Policy, PolicyError
+from .storage import Database, StoreUnavailable
+
+__all__ = ["main"]
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    opts = ctx.find_root().params
+    try:
+        return load_settings(opts.get("config"), overrides={"home": opts.get("home"), **overrides})
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _registry(settings: Settings) -> ClientRegistry:
+    db = Database(settings.resolved_database_url())
+    db.create_all()
+    secret_key = load_or_create_secret_key(settings.keys_dir)
+    return ClientRegistry(db, secret_key, settings.secret_grace_period)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group()
+@click.option("--home", default=None, help="State folder (database, keys/). Default: .")
+@click.option("--config", default=None, help="Configuration file (TOML).")
+def main(home: str | None, config: str | None) -> None:
+    """Workload token issuer with machine assurance levels."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Listen address. Default 127.0.0.1.")
+@click.option("--port", type=int, default=None, help="Listen port. Default 8080.")
+@click.option("--issuer-url", default=None, help="Issuer identifier. Default http://HOST:PORT.")
+@click.option("--workers", type=int, default=None, help="Worker processes. Default 1.")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    issuer_url: str | None,
+    workers: int | None,
+) -> None:
+    """Run the issuer with the granian WSGI server."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    from .service import IssuerService
+
+    settings = _settings(ctx, host=host, port=port, issuer_url=issuer_url, workers=workers)
+    # Build the service once here so tables and keys exist before workers
+    # start, and so configuration errors stop the command with a message.
+    try:
+        IssuerService(settings)
+    except (ConfigError, PolicyError, StoreUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+    env = {
+        "WIMSE_ISSUER_HOME": str(settings.home_path),
+        "WIMSE_ISSUER_HOST": settings.host,
+        "WIMSE_ISSUER_PORT": str(settings.port),
+        "WIMSE_ISSUER_ISSUER_URL": settings.resolved_issuer_url(),
+        "WIMSE_ISSUER_WORKERS": str(settings.workers),
+    }
+    config = ctx.find_root().params.get("config")
+    if config:
+        env["WIMSE_ISSUER_CONFIG"] = str(Path(config).resolve())
+    os.environ.update(env)
+    click.echo(
+        f"wimse-issuer: serving {settings.resolved_issuer_url()} on "
+        f"{settings.host}:{settings.port} (home {settings.home_path})",
+        err=True,
+    )
+    Granian(
+        "issuer.wsgi:app",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.WSGI,
+        workers=settings.workers,
+        log_access=False,
+    ).serve()
+
+
+# -- clients -------------------------------------------------------------
+
+
+@main.group()
+def client() -> None:
+    """Register and manage clients."""
+
+
+def _declared(items: tuple[str, ...]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not value.isdigit() or name.split(".")[0] not in ("mial", "maal"):
+            raise click.BadParameter(f"{item!r}: use kind.dimension=N", param_hint="--declare")
+        out[name] = int(value)
+    return out
+
+
+def _client_options(fn: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--grant", "grants", multiple=True, help="Allowed grant type (repeat)."),
+            click.option("--scope", "scopes", multiple=True, help="Allowed scope (repeat)."),
+            click.option("--audience", "audiences", multiple=True, help="Allowed audience (repeat); the first is the default."),
+            click.option("--subject", default=None, help="Token sub for client_credentials."),
+            click.option("--subject-pattern", "patterns", multiple=True, help="Glob the subject_token's identity must match (repeat)."),
+            click.option("--declare", "declared", multiple=True, help="Operator-declared rating, e.g. mial.configuration=1 (caps at 1)."),
+            click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False), help="JWKS file: authenticate with private_key_jwt."),
+            click.option("--resource-server/--no-resource-server", default=None, help="May introspect tokens for its audiences."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _grant_names(grants: tuple[str, ...]) -> list[str] | None:
+    if not grants:
+        return None
+    alias = {"token_exchange": "urn:ietf:params:oauth:grant-type:token-exchange"}
+    return [alias.get(g, g) for g in grants]
+
+
+def _load_jwks(path: str | None) -> Any:
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"cannot read JWKS: {exc}", param_hint="--jwks") from None
+
+
+@client.command("add")
+@click.argument("name")
+@_client_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def client_add(ctx: click.Context, name: str, grants: tuple[str, ...], scopes: tuple[str, ...],
+               audiences: tuple[str, ...], subject: str | None, patterns: tuple[str, ...],
+               declared: tuple[str, ...], jwks_file: str | None,
+               resource_server: bool | None, as_json: bool) -> None:
+    """Register a client; its secret is printed once."""
+    registry = _registry(_settings(ctx))
+    try:
+        record, secret = registry.add(
+            name,
+            jwks=_load_jwks(jwks_file),
+            grant_types=_grant_names(grants),
+            scopes=list(scopes),
+            audiences=list(audiences),
+            subject=subject,
+            subject_patterns=list(patterns),
+            declared=_declared(declared),
+            resource_server=bool(resource_server),
+        )
+    except RegistrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    out = {"client_id": record.client_id, **record.public_view()}
+    if secret is not None:
+        out["client_secret"] = secret
+    if as_json:
+        _echo_json(out)
+    else:
+        click.echo(f"client_id:     {record.client_id}")
+        if secret is not None:
+            click.echo(f"client_secret: {secret}")
+            click.echo("(the secret is shown only now)")
+
+
+@client.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def client_list(ctx: click.Context, as_json: bool) -> None:
+    """List clients."""
+    clients = _registry(_settings(ctx)).list()
+    if as_json:
+        _echo_json([c.public_view() for c in clients])
+        return
+    for c in clients:
+        state = "disabled" if c.disabled else "enabled"
+        click.echo(f"{c.client_id}  {c.name}  {state}  {','.join(c.auth_methods)}")
+
+
+def _get(registry: ClientRegistry, client_id: str) -> Any:
+    found = registry.get(client_id)
+    if found is None:
+        raise click.ClickException(f"no client {client_id}")
+    return found
+
+
+@client.command("show")
+@click.argument("client_id")
+@click.pass_context
+def client_show(ctx: click.Context, client_id: str) -> None:
+    """Show one client as JSON (never its secret)."""
+    _echo_json(_get(_registry(_settings(ctx)), client_id).public_view())
+
+
+@client.command("update")
+@click.argument("client_id")
+@_client_options
+@click.option("--rotate-secret", is_flag=True, help="Issue a new secret; the old one stays valid for the grace period.")
+@click.option("--enable", is_flag=True, help="Re-enable a disabled client.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def client_update(ctx: click.Context, client_id: str, grants: tuple[str, ...],
+                  scopes: tuple[str, ...], audiences: tuple[str, ...], subject: str | None,
+                  patterns: tuple[str, ...], declared: tuple[str, ...],
+                  jwks_file: str | None, resource_server: bool | None,
+                  rotate_secret: bool, enable: bool, as_json: bool) -> None:
+    """Change a client; repeatable options replace the stored list."""
+    registry = _registry(_settings(ctx))
+    changes: dict[str, Any] = {
+        "grant_types": _grant_names(grants),
+        "scopes": list(scopes) or None,
+        "audiences": list(audiences) or None,
+        "subject": subject,
+        "subject_patterns": list(patterns) or None,
+        "declared": _declared(declared) or None,
+        "jwks": _load_jwks(jwks_file),
+        "resource_server": resource_server,
+        "disabled": False if enable else None,
+    }
+    try:
+        record, secret = registry.update(client_id, rotate_secret=rotate_secret, **changes)
+    except KeyError:
+        raise click.ClickException(f"no client {client_id}") from None
+    except RegistrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    out = record.public_view()
+    if secret is not None:
+        out["client_secret"] = secret
+    if as_json:
+        _echo_json(out)
+    elif secret is not None:
+        click.echo(f"client_secret: {secret}")
+        click.echo("(the secret is shown only now; the previous one stays valid for the grace period)")
+    else:
+        click.echo(f"updated {client_id}")
+
+
+@client.command("disable")
+@click.argument("client_id")
+@click.pass_context
+def client_disable(ctx: click.Context, client_id: str) -> None:
+    """Stop a client from authenticating."""
+    try:
+        _registry(_settings(ctx)).update(client_id, disabled=True)
+    except KeyError:
+        raise click.ClickException(f"no client {client_id}") from None
+    click.echo(f"disabled {client_id}")
+
+
+@client.command("delete")
+@click.argument("client_id")
+@click.pass_context
+def client_delete(ctx: click.Context, client_id: str) -> None:
+    """Remove a client (its audit records stay)."""
+    try:
+        _registry(_settings(ctx)).delete(client_id)
+    except KeyError:
+        raise click.ClickException(f"no client {client_id}") from None
+    click.echo(f"deleted {client_id}")
+
+
+# -- keys ----------------------------------------------------------------
+
+
+def _keyring(settings: Settings) -> KeyRing:
+    return KeyRing(
+        settings.keys_dir,
+        alg=settings.signing_alg,
+        jwks_max_age=settings.jwks_max_age,
+        max_token_lifetime=settings.max_token_lifetime,
+        clock_skew=settings.clock_skew,
+    )
+
+
+@main.group()
+def keys() -> None:
+    """Signing keys."""
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def keys_list(ctx: click.Context, as_json: bool) -> None:
+    """List signing keys and their state."""
+    status = _keyring(_settings(ctx)).status()
+    if as_json:
+        _echo_json(status)
+        return
+    for k in status:
+        click.echo(f"{k['kid']}  {k['alg']}  {k['state']}  not_before={k['not_before']}")
+
+
+@keys.command("rotate")
+@click.option("--alg", type=click.Choice(["ES256", "EdDSA", "PS256", "RS256"]), default=None)
+@click.pass_context
+def keys_rotate(ctx: click.Context, alg: str | None) -> None:
+    """Add a key; it signs after one JWKS max-age, the old one then retires."""
+    settings = _settings(ctx)
+    ring = _keyring(settings)
+    kid = ring.rotate(alg)
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + settings.jwks_max_age))
+    click.echo(f"added {kid}; it starts signing at {start}")
+
+
+# -- policy --------------------------------------------------------------
+
+
+@main.group()
+def policy() -> None:
+    """Issuance policy."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def policy_check(file: str) -> None:
+    """Validate a policy file."""
+    try:
+        loaded = Policy.load(file)
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"policy {loaded.version}: {len(loaded.rules)} rules, valid")
+
+
+@policy.command("explain")
+@click.option("--client", "client_id", required=True, help="Client to decide for.")
+@click.option("--evidence", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File holding a platform token (subject_token) to rate.")
+@click.option("--audience", "audiences", multiple=True, help="Requested audience (repeat).")
+@click.option("--scope", "scopes", multiple=True, help="Requested scope (repeat).")
+@click.option("--policy", "policy_file", default=None, help="Policy file. Default: the configured one.")
+@click.option("--at", "at", type=int, default=None, help="Decide as of this Unix time.")
+@click.pass_context
+def policy_explain(ctx: click.Context, client_id: str, evidence: str | None,
+                   audiences: tuple[str, ...], scopes: tuple[str, ...],
+                   policy_file: str | None, at: int | None) -> None:
+    """Dry-run a decision: ratings, levels, reasons and the verdict."""
+    from .service import IssuerService
+
+    settings = _settings(ctx, policy_file=policy_file)
+    try:
+        service = IssuerService(settings)
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from None
+    token = "".join(Path(evidence).read_text().split()) if evidence else None
+    try:
+        result = service.explain(
+            client_id, subject_token=token, audiences=audiences, scopes=scopes, now=at
+        )
+    except KeyError:
+        raise click.ClickException(f"no client {client_id}") from None
+    except EvidenceError as exc:
+        raise click.ClickException(f"evidence rejected: {exc.reason}: {exc}") from None
+    _echo_json(result)
+    if result["decision"] != "issue":
+        sys.exit(1)
+
+
+# -- audit ---------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """Read the audit trail."""
+
+
+def _audit_log(settings: Settings) -> Any:
+    from .audit import AuditLog
+
+    db = Database(settings.resolved_database_url())
+    db.create_all()
+    return AuditLog(db)
+
+
+@audit.command("show")
+@click.argument("jti")
+@click.pass_context
+def audit_show(ctx: click.Context, jti: str) -> None:
+    """Show the record of the token with this jti."""
+    record = _audit_log(_settings(ctx)).by_jti(jti)
+    if record is None:
+        raise click.ClickException(f"no audit record for jti {jti}")
+    _echo_json(record)
+
+
+@audit.command("list")
+@click.option("--client", "client_id", default=None, help="Only this client.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.pass_context
+def audit_list(ctx: click.Context, client_id: str | None, limit: int) -> None:
+    """List the newest records as JSON lines."""
+    for record in _audit_log(_settings(ctx)).list(client_id, limit):
+        click.echo(json.dumps(record, sort_keys=True))

@@ -1,0 +1,241 @@
+"""Client authentication at the token, introspection and revocation endpoints.
+
+- ``client_secret_basic``: RFC 6749 section 2.3.1; client id and secret are
+  form-urlencoded, joined by a colon, then base64 encoded.
+- ``client_secret_post``: RFC 6749 section 2.3.1, in the request body.
+- ``private_key_jwt``: RFC 7523 section 3 and RFC 7521 section 4.2, a JWT
+  signed by a key registered for the client.
+
+A request must use exactly one method (RFC 6749 section 2.3). Every failure
+is ``invalid_client``; the description never says whether the client exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+import jwt
+from jwt.algorithms import get_default_algorithms
+
+from .clients import Client, ClientRegistry
+from .errors import InvalidClient, InvalidRequest
+from .replay import ReplayStore
+
+__all__ = ["ASSERTION_ALGORITHMS", "AuthenticatedClient", "ClientAuthenticator"]
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# RFC 8725 section 3.1: an explicit allow-list; never "none", never HMAC,
+# since a client's registered key is public and must not double as a secret.
+ASSERTION_ALGORITHMS = ("ES256", "ES384", "ES512", "EdDSA", "PS256", "PS384", "RS256")
+_ALGS = get_default_algorithms()
+_KTY_FOR_ALG = {"ES": "EC", "Ed": "OKP", "PS": "RSA", "RS": "RSA"}
+
+
+@dataclass(frozen=True)
+class AuthenticatedClient:
+    """A client that proved possession of its credential, and how."""
+
+    client: Client
+    method: str
+
+
+def _decode_segment(segment: str) -> dict[str, Any]:
+    padded = segment + "=" * (-len(segment) % 4)
+    try:
+        value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, binascii.Error, UnicodeError):
+        raise InvalidClient("client assertion is malformed") from None
+    if not isinstance(value, dict):
+        raise InvalidClient("client assertion is malformed")
+    return value
+
+
+class ClientAuthenticator:
+    """Authenticates clients against the registry.
+
+    ``audiences`` are the values a client assertion's ``aud`` may take: the
+    issuer identifier and the token endpoint URL.
+    """
+
+    def __init__(
+        self,
+        registry: ClientRegistry,
+        replay: ReplayStore,
+        *,
+        audiences: tuple[str, ...],
+        max_assertion_lifetime: int,
+        clock_skew: int,
+        max_token_bytes: int,
+    ) -> None:
+        self.registry = registry
+        self.replay = replay
+        self.audiences = audiences
+        self.max_lifetime = max_assertion_lifetime
+        self.skew = clock_skew
+        self.max_token_bytes = max_token_bytes
+
+    def authenticate(
+        self, params: Mapping[str, str], authorization: str | None
+    ) -> AuthenticatedClient:
+        """Authenticate the request's client; raises ``InvalidClient`` or
+        ``InvalidRequest`` (several methods at once)."""
+        basic = authorization is not None and authorization[:6].lower() == "basic "
+        used = [
+            name
+            for name, present in (
+                ("client_secret_basic", basic),
+                ("client_secret_post", "client_secret" in params),
+                ("private_key_jwt", "client_assertion" in params),
+            )
+            if present
+        ]
+        if len(used) > 1:
+            raise InvalidRequest("use exactly one client authentication method")
+        if not used:
+            raise InvalidClient("client authentication required", basic=False)
+        method = used[0]
+        if method == "client_secret_basic":
+            client_id, secret = self._parse_basic(authorization or "")
+            if params.get("client_id", client_id) != client_id:
+                raise InvalidRequest("client_id differs from the authenticated client")
+            return self._check_secret(client_id, secret, method, basic=True)
+        if method == "client_secret_post":
+            client_id = params.get("client_id", "")
+            return self._check_secret(client_id, params["client_secret"], method)
+        return self._check_assertion(params)
+
+    @staticmethod
+    def _parse_basic(header: str) -> tuple[str, str]:
+        try:
+            raw = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidClient("malformed Basic credentials", basic=True) from None
+        client_id, sep, secret = raw.partition(":")
+        if not sep or not client_id:
+            raise InvalidClient("malformed Basic credentials", basic=True)
+        return unquote_plus(client_id), unquote_plus(secret)
+
+    def _usable(self, client_id: str, method: str, basic: bool = False) -> Client:
+        client = self.registry.get(client_id) if 0 < len(client_id) <= 64 else None
+        if client is None or client.disabled or method not in client.auth_methods:
+            raise InvalidClient(
+                "client authentication failed",
+                detail=f"unknown, disabled or wrong method ({method})",
+                basic=basic,
+            )
+        return client
+
+    def _check_secret(
+        self, client_id: str, secret: str, method: str, basic: bool = False
+    ) -> AuthenticatedClient:
+        client = self._usable(client_id, method, basic)
+        if len(secret) > 512 or not self.registry.check_secret(client, secret):
+            raise InvalidClient(
+                "client authentication failed", detail="secret mismatch", basic=basic
+            )
+        return AuthenticatedClient(client, method)
+
+    def _check_assertion(self, params: Mapping[str, str]) -> AuthenticatedClient:
+        """RFC 7523 section 3 with the single-string ``aud`` of RFC 7521 4.2."""
+        if params.get("client_assertion_type") != ASSERTION_TYPE:
+            raise InvalidClient("unsupported client_assertion_type")
+        token = params["client_assertion"]
+        if len(token) > self.max_token_bytes or token.count(".") != 2:
+            raise InvalidClient("client assertion is malformed")
+        header_b64, payload_b64, _ = token.split(".")
+        header = _decode_segment(header_b64)
+        unverified = _decode_segment(payload_b64)
+        alg = header.get("alg")
+        if alg not in ASSERTION_ALGORITHMS:
+            raise InvalidClient("client assertion algorithm not allowed")
+        if "crit" in header:
+            raise InvalidClient("client assertion carries an unsupported crit header")
+        client_id = unverified.get("sub")
+        if not isinstance(client_id, str) or unverified.get("iss") != client_id:
+            raise InvalidClient("client assertion iss and sub must be the client_id")
+        if params.get("client_id", client_id) != client_id:
+            raise InvalidRequest("client_id differs from the assertion subject")
+        client = self._usable(client_id, "private_key_jwt")
+        claims = self._verify_signature(token, header, client)
+        self._check_claims(claims, client_id)
+        return AuthenticatedClient(client, "private_key_jwt")
+
+    def _verify_signature(
+        self, token: str, header: Mapping[str, Any], client: Client
+    ) -> dict[str, Any]:
+        alg = str(header["alg"])
+        kid = header.get("kid")
+        keys = [
+            k
+            for k in (client.jwks or {}).get("keys", [])
+            if k.get("kty") == _KTY_FOR_ALG[alg[:2]]
+            and (kid is None or k.get("kid") == kid)
+            and k.get("alg", alg) == alg
+        ]
+        if not keys:
+            raise InvalidClient("no registered key matches the client assertion")
+        for jwk in keys:
+            try:
+                key = _ALGS[alg].from_jwk(jwk)
+            except (jwt.InvalidKeyError, ValueError, KeyError, TypeError):
+                continue
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    token,
+                    key,  # type: ignore[arg-type]
+                    algorithms=[alg],
+                    options={
+                        "verify_aud": False,
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                    },
+                )
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.InvalidTokenError:
+                raise InvalidClient("client assertion is malformed") from None
+            return claims
+        raise InvalidClient("client assertion signature does not verify")
+
+    def _check_claims(self, claims: Mapping[str, Any], client_id: str) -> None:
+        now = time.time()
+        aud = claims.get("aud")
+        if not isinstance(aud, str) or aud not in self.audiences:
+            raise InvalidClient(
+                "client assertion aud must be one string: the issuer identifier"
+            )
+        exp = claims.get("exp")
+        if type(exp) is not int:
+            raise InvalidClient("client assertion needs an integer exp")
+        if exp <= now - self.skew:
+            raise InvalidClient("client assertion expired")
+        if exp > now + self.max_lifetime + self.skew:
+            raise InvalidClient("client assertion exp is too far ahead")
+        for name in ("nbf", "iat"):
+            value = claims.get(name)
+            if value is None:
+                continue
+            if type(value) is not int:
+                raise InvalidClient(f"client assertion {name} must be an integer")
+            if value > now + self.skew:
+                raise InvalidClient(f"client assertion {name} is in the future")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not 0 < len(jti) <= 200:
+            raise InvalidClient("client assertion needs a jti")
+        # An assertion issued before the replay store started could have been
+        # used already and forgotten; without iat its earliest possible issue
+        # time is exp minus the longest accepted lifetime.
+        iat = claims.get("iat")
+        issued = iat if isinstance(iat, int) else exp - self.max_lifetime
+        if issued < self.replay.started_at - self.skew:
+            raise InvalidClient("client assertion predates the replay store")
+        if not self.replay.use_once(f"assertion:{client_id}:{jti}", exp + self.skew):
+            raise InvalidClient("client assertion jti already used")

@@ -1,0 +1,278 @@
+"""Client registry: registration, secrets, and the read-only view the issuer uses.
+
+Secrets are generated here (256 random bits) and stored only as an
+HMAC-SHA-256 under the issuer's secret-hashing key: for high-entropy random
+secrets a slow password hash adds no strength but would cap throughput.
+Comparison is constant time. Rotation keeps the previous secret valid for a
+grace period.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from .storage import ClientRecord, Database
+
+__all__ = [
+    "AUTH_METHODS",
+    "GRANT_TYPES",
+    "Client",
+    "ClientRegistry",
+    "RegistrationError",
+    "validate_client_jwks",
+]
+
+GRANT_CLIENT_CREDENTIALS = "client_credentials"
+GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRANT_TYPES = (GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE)
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+_SCOPE_TOKEN = re.compile(r"\A[\x21\x23-\x5b\x5d-\x7e]+\Z")
+_PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+
+
+class RegistrationError(ValueError):
+    """A registration or update request is invalid."""
+
+
+@dataclass(frozen=True)
+class Client:
+    """What the token endpoint needs to know about a client."""
+
+    client_id: str
+    name: str
+    auth_methods: tuple[str, ...]
+    grant_types: tuple[str, ...]
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    subject: str
+    subject_patterns: tuple[str, ...]
+    declared: dict[str, int]
+    resource_server: bool
+    disabled: bool
+    jwks: dict[str, Any] | None
+    secret_hash: str | None = field(repr=False)
+    previous_secret_hash: str | None = field(repr=False)
+    previous_secret_expires_at: float | None
+
+    @classmethod
+    def from_record(cls, rec: ClientRecord) -> Client:
+        return cls(
+            client_id=rec.client_id,
+            name=rec.name,
+            auth_methods=tuple(rec.list_field("auth_methods")),
+            grant_types=tuple(rec.list_field("grant_types")),
+            scopes=tuple(rec.list_field("scopes")),
+            audiences=tuple(rec.list_field("audiences")),
+            subject=rec.subject,
+            subject_patterns=tuple(rec.list_field("subject_patterns")),
+            declared={str(k): int(v) for k, v in rec.dict_field("declared").items()},
+            resource_server=rec.resource_server,
+            disabled=rec.disabled,
+            jwks=json.loads(rec.jwks) if rec.jwks else None,
+            secret_hash=rec.secret_hash,
+            previous_secret_hash=rec.previous_secret_hash,
+            previous_secret_expires_at=rec.previous_secret_expires_at,
+        )
+
+    def public_view(self) -> dict[str, Any]:
+        """Registration data without secret hashes."""
+        return {
+            "client_id": self.client_id,
+            "name": self.name,
+            "token_endpoint_auth_methods": list(self.auth_methods),
+            "grant_types": list(self.grant_types),
+            "scopes": list(self.scopes),
+            "audiences": list(self.audiences),
+            "subject": self.subject,
+            "subject_patterns": list(self.subject_patterns),
+            "declared": self.declared,
+            "resource_server": self.resource_server,
+            "disabled": self.disabled,
+            "jwks": self.jwks,
+            "has_secret": self.secret_hash is not None,
+            "previous_secret_valid_until": self.previous_secret_expires_at,
+        }
+
+
+def validate_client_jwks(jwks: object) -> dict[str, Any]:
+    """Check a client's JWK Set for private_key_jwt; return it.
+
+    Every key must be an asymmetric public key (EC, RSA or OKP) with no
+    private members. Raises ``RegistrationError``.
+    """
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+        raise RegistrationError("jwks must be an object with a keys array")
+    if not jwks["keys"] or len(jwks["keys"]) > 20:
+        raise RegistrationError("jwks must hold 1 to 20 keys")
+    for key in jwks["keys"]:
+        if not isinstance(key, dict):
+            raise RegistrationError("each JWK must be an object")
+        if key.get("kty") not in ("EC", "RSA", "OKP"):
+            raise RegistrationError("only EC, RSA and OKP public keys are accepted")
+        if _PRIVATE_MEMBERS & set(key):
+            raise RegistrationError("a JWK holds private key material")
+    return jwks
+
+
+def _check_tokens(kind: str, values: list[str]) -> list[str]:
+    for value in values:
+        if not _SCOPE_TOKEN.match(value):
+            raise RegistrationError(f"invalid {kind} {value!r}")
+    return list(dict.fromkeys(values))
+
+
+class ClientRegistry:
+    """Client records in the database, and secret checks."""
+
+    def __init__(self, db: Database, secret_key: bytes, grace_period: int) -> None:
+        self._db = db
+        self._secret_key = secret_key
+        self._grace = grace_period
+
+    def _hash(self, secret: str) -> str:
+        return hmac.new(self._secret_key, secret.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def check_secret(self, client: Client, secret: str, now: float | None = None) -> bool:
+        """Compare ``secret`` with the current and, in its grace period, the
+        previous secret, in constant time."""
+        now = time.time() if now is None else now
+        digest = self._hash(secret)
+        ok = client.secret_hash is not None and hmac.compare_digest(
+            digest, client.secret_hash
+        )
+        prev_ok = (
+            client.previous_secret_hash is not None
+            and client.previous_secret_expires_at is not None
+            and client.previous_secret_expires_at > now
+            and hmac.compare_digest(digest, client.previous_secret_hash)
+        )
+        return ok or prev_ok
+
+    def get(self, client_id: str) -> Client | None:
+        """The client, or ``None`` when unknown."""
+        with self._db.session() as s:
+            rec = s.get(ClientRecord, client_id)
+            return Client.from_record(rec) if rec is not None else None
+
+    def list(self) -> list[Client]:
+        """All clients, by name."""
+        with self._db.session() as s:
+            recs = s.scalars(select(ClientRecord).order_by(ClientRecord.name)).all()
+            return [Client.from_record(r) for r in recs]
+
+    def add(
+        self,
+        name: str,
+        *,
+        jwks: dict[str, Any] | None = None,
+        grant_types: list[str] | None = None,
+        scopes: list[str] | None = None,
+        audiences: list[str] | None = None,
+        subject: str | None = None,
+        subject_patterns: list[str] | None = None,
+        declared: dict[str, int] | None = None,
+        resource_server: bool = False,
+        owner: str = "",
+    ) -> tuple[Client, str | None]:
+        """Register a client; return it and its secret (shown only here).
+
+        A client registered with ``jwks`` authenticates with private_key_jwt
+        and gets no secret. Raises ``RegistrationError``.
+        """
+        if not name or len(name) > 200:
+            raise RegistrationError("name must be 1..200 characters")
+        client_id = secrets.token_urlsafe(18)
+        secret = None if jwks is not None else secrets.token_urlsafe(32)
+        methods = (
+            ["private_key_jwt"]
+            if jwks is not None
+            else ["client_secret_basic", "client_secret_post"]
+        )
+        now = time.time()
+        rec = ClientRecord(
+            client_id=client_id,
+            name=name,
+            secret_hash=self._hash(secret) if secret else None,
+            jwks=json.dumps(validate_client_jwks(jwks)) if jwks is not None else None,
+            auth_methods=json.dumps(methods),
+            created_at=now,
+            updated_at=now,
+            owner=owner,
+        )
+        self._apply(
+            rec,
+            grant_types=grant_types if grant_types is not None else list(GRANT_TYPES),
+            scopes=scopes or [],
+            audiences=audiences or [],
+            subject=subject or f"client:{client_id}",
+            subject_patterns=subject_patterns or [],
+            declared=declared or {},
+            resource_server=resource_server,
+        )
+        with self._db.session() as s:
+            s.add(rec)
+        return Client.from_record(rec), secret
+
+    def _apply(self, rec: ClientRecord, **changes: Any) -> None:
+        for name, value in changes.items():
+            if value is None:
+                continue
+            if name == "grant_types":
+                unknown = set(value) - set(GRANT_TYPES)
+                if unknown:
+                    raise RegistrationError(f"unknown grant types {sorted(unknown)}")
+                rec.grant_types = json.dumps(list(dict.fromkeys(value)))
+            elif name == "scopes":
+                rec.scopes = json.dumps(_check_tokens("scope", value))
+            elif name == "audiences":
+                rec.audiences = json.dumps(_check_tokens("audience", value))
+            elif name == "subject_patterns":
+                rec.subject_patterns = json.dumps(list(value))
+            elif name == "declared":
+                rec.declared = json.dumps(value)
+            elif name == "jwks":
+                rec.jwks = json.dumps(validate_client_jwks(value))
+            else:
+                setattr(rec, name, value)
+
+    def update(
+        self, client_id: str, *, rotate_secret: bool = False, **changes: Any
+    ) -> tuple[Client, str | None]:
+        """Change a client; with ``rotate_secret`` return the new secret.
+
+        The previous secret stays valid for the grace period. Raises
+        ``KeyError`` for an unknown client and ``RegistrationError``.
+        """
+        secret = None
+        with self._db.session() as s:
+            rec = s.get(ClientRecord, client_id)
+            if rec is None:
+                raise KeyError(client_id)
+            self._apply(rec, **changes)
+            if rotate_secret:
+                if rec.secret_hash is None:
+                    raise RegistrationError("this client authenticates with a key")
+                secret = secrets.token_urlsafe(32)
+                rec.previous_secret_hash = rec.secret_hash
+                rec.previous_secret_expires_at = time.time() + self._grace
+                rec.secret_hash = self._hash(secret)
+            rec.updated_at = time.time()
+            client = Client.from_record(rec)
+        return client, secret
+
+    def delete(self, client_id: str) -> None:
+        """Remove a client; its audit records stay. Raises ``KeyError``."""
+        with self._db.session() as s:
+            rec = s.get(ClientRecord, client_id)
+            if rec is None:
+                raise KeyError(client_id)
+            s.delete(rec)

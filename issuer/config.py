@@ -1,0 +1,167 @@
+"""Issuer settings: defaults, then a TOML file, then ``WIMSE_ISSUER_*`` variables.
+
+Every key is listed once in ``docs/configuration.md``. Command-line flags of
+``wimse-issuer serve`` override all three.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+ENV_PREFIX = "WIMSE_ISSUER_"
+SIGNING_ALGORITHMS = ("ES256", "EdDSA", "PS256", "RS256")
+
+
+class ConfigError(ValueError):
+    """The configuration file or an environment variable is invalid."""
+
+
+@dataclass
+class Settings:
+    """Typed issuer options; each documents its default."""
+
+    #: Folder holding the database and ``keys/``. Default: the current directory.
+    home: str = "."
+    #: Listen address for ``serve``. Default 127.0.0.1.
+    host: str = "127.0.0.1"
+    #: Listen port for ``serve``. Default 8080.
+    port: int = 8080
+    #: Issuer identifier (RFC 8414). Default ``http://HOST:PORT``.
+    issuer_url: str = ""
+    #: SQLAlchemy URL. Default: SQLite file ``wimse-issuer.db`` in ``home``.
+    database_url: str = ""
+    #: Signing algorithm for new keys: ES256, EdDSA, PS256 or RS256. Default ES256.
+    signing_alg: str = "ES256"
+    #: Access token lifetime when the client asks for none, seconds. Default 300.
+    token_lifetime: int = 300
+    #: Longest access token lifetime, seconds (at most 86400). Default 3600.
+    max_token_lifetime: int = 3600
+    #: Allowed clock skew when checking presented tokens, seconds. Default 60.
+    clock_skew: int = 60
+    #: Longest accepted client assertion lifetime (exp - now), seconds. Default 300.
+    max_assertion_lifetime: int = 300
+    #: JWKS ``Cache-Control: max-age``, seconds; a new key waits this long
+    #: before it signs. Default 300.
+    jwks_max_age: int = 300
+    #: How long an old client secret stays valid after rotation, seconds.
+    #: Default 86400.
+    secret_grace_period: int = 86400
+    #: Largest accepted request body, bytes. Default 65536.
+    max_body_bytes: int = 65536
+    #: Largest accepted token or assertion, bytes. Default 16384.
+    max_token_bytes: int = 16384
+    #: Policy file (TOML). Default: none, which demands MIAL-0 and MAAL-0.
+    policy_file: str = ""
+    #: Trust sources for token exchange, by name (see docs/configuration.md).
+    trust_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Number of server worker processes for ``serve``. Default 1.
+    workers: int = 1
+
+    @property
+    def home_path(self) -> Path:
+        """``home`` as an absolute path."""
+        return Path(self.home).resolve()
+
+    @property
+    def keys_dir(self) -> Path:
+        """The ``keys/`` folder inside ``home``."""
+        return self.home_path / "keys"
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in ``home``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home_path / 'wimse-issuer.db'}"
+
+    def resolved_issuer_url(self) -> str:
+        """The issuer identifier, defaulting to ``http://HOST:PORT``."""
+        if self.issuer_url:
+            return self.issuer_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    def validate(self) -> Settings:
+        """Check ranges and return self; raises ``ConfigError``."""
+        if self.signing_alg not in SIGNING_ALGORITHMS:
+            raise ConfigError(f"signing_alg must be one of {SIGNING_ALGORITHMS}")
+        if not 0 < self.max_token_lifetime <= 86400:
+            raise ConfigError("max_token_lifetime must be 1..86400 seconds")
+        if not 0 < self.token_lifetime <= self.max_token_lifetime:
+            raise ConfigError("token_lifetime must be 1..max_token_lifetime")
+        for name in ("clock_skew", "jwks_max_age", "secret_grace_period"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        if not 0 < self.max_assertion_lifetime <= 3600:
+            raise ConfigError("max_assertion_lifetime must be 1..3600 seconds")
+        if not 0 < self.port < 65536:
+            raise ConfigError("port must be 1..65535")
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+        url = self.resolved_issuer_url()
+        if not url.startswith(("http://", "https://")) or "?" in url or "#" in url:
+            raise ConfigError("issuer_url must be an http(s) URL without query")
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value: object) -> object:
+    kind = _FIELDS[name].type
+    if kind == "int":
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer")
+        try:
+            return int(value)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be an integer") from None
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string")
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a table")
+    return value
+
+
+def load_settings(
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Settings:
+    """Load settings: defaults, then ``config_file``, then the environment.
+
+    ``WIMSE_ISSUER_CONFIG`` names the file when ``config_file`` is ``None``.
+    ``overrides`` (command-line flags) win over all. Raises ``ConfigError``.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    path = config_file or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        unknown = set(data) - set(_FIELDS)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {sorted(unknown)}")
+        values.update(data)
+    for name, fld in _FIELDS.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and fld.type != "dict[str, dict[str, Any]]":
+            values[name] = raw
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    coerced = {name: _coerce(name, value) for name, value in values.items()}
+    return Settings(**coerced).validate()  # type: ignore[arg-type]

@@ -1,0 +1,546 @@
+"""The issuer's use cases, free of any web framework.
+
+``IssuerService`` is built once per process from ``Settings`` and answers
+token, introspection and revocation requests given plain parameters. The
+Flask layer only parses HTTP and renders results and ``OAuthError``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from verifier.levels import Requirement, load_scheme
+
+from .access_token import AccessTokenMinter, read_own_token
+from .assurance import Assessment, Assessor, rate_client_credential, rate_platform_identity
+from .assurance.rules import CREDENTIAL_ONLY, bearer_boundary, governance_for
+from .audit import AuditEntry, AuditLog
+from .clientauth import ASSERTION_ALGORITHMS, AuthenticatedClient, ClientAuthenticator
+from .clients import GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE, ClientRegistry
+from .config import Settings
+from .errors import (
+    EvidenceError,
+    InsufficientAssurance,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    OAuthError,
+    ServerUnavailable,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+)
+from .keys import KeyRing, load_or_create_secret_key
+from .platforms import PlatformIdentity, TrustSources
+from .policy import Policy
+from .replay import DatabaseReplayStore, MemoryReplayStore, ReplayStore
+from .storage import Database, Revocation, StoreUnavailable
+
+__all__ = ["IssuerService", "TokenResponse"]
+
+log = logging.getLogger(__name__)
+
+TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_ID = "urn:ietf:params:oauth:token-type:id_token"
+SUBJECT_TOKEN_TYPES = (TOKEN_TYPE_JWT, TOKEN_TYPE_ID)
+# Parameters that RFC 8707 and RFC 8693 allow more than once.
+REPEATABLE = frozenset({"resource", "audience"})
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    """A successful token response (RFC 6749 section 5.1)."""
+
+    body: dict[str, Any]
+    jti: str
+
+
+@dataclass
+class _Grant:
+    subject: str
+    credential_rating: Any
+    evidence: list[Any]
+    actor: dict[str, Any] | None
+    issued_token_type: str | None
+
+
+class IssuerService:
+    """Everything a running issuer needs, wired from settings."""
+
+    def __init__(self, settings: Settings, *, policy: Policy | None = None) -> None:
+        self.settings = settings
+        self.issuer = settings.resolved_issuer_url()
+        self.token_endpoint = f"{self.issuer}/token"
+        self.db = Database(settings.resolved_database_url())
+        self.db.create_all()
+        settings.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.keyring = KeyRing(
+            settings.keys_dir,
+            alg=settings.signing_alg,
+            jwks_max_age=settings.jwks_max_age,
+            max_token_lifetime=settings.max_token_lifetime,
+            clock_skew=settings.clock_skew,
+        )
+        self.clients = ClientRegistry(
+            self.db,
+            load_or_create_secret_key(settings.keys_dir),
+            settings.secret_grace_period,
+        )
+        replay: ReplayStore = (
+            MemoryReplayStore() if settings.workers == 1 else DatabaseReplayStore(self.db)
+        )
+        self.authenticator = ClientAuthenticator(
+            self.clients,
+            replay,
+            audiences=(self.issuer, self.token_endpoint),
+            max_assertion_lifetime=settings.max_assertion_lifetime,
+            clock_skew=settings.clock_skew,
+            max_token_bytes=settings.max_token_bytes,
+        )
+        self.scheme = load_scheme()
+        self.assessor = Assessor(self.scheme)
+        if policy is None:
+            policy = Policy.load(settings.policy_file) if settings.policy_file else Policy.empty()
+        self.policy = policy
+        self.trust = TrustSources(
+            settings.trust_sources,
+            issuer_url=self.issuer,
+            clock_skew=settings.clock_skew,
+            max_token_bytes=settings.max_token_bytes,
+        )
+        self.minter = AccessTokenMinter(self.keyring, self.issuer)
+        self.audit = AuditLog(self.db)
+
+    # -- token endpoint -------------------------------------------------
+
+    def token(
+        self,
+        params: Mapping[str, Sequence[str]],
+        authorization: str | None,
+        now: float | None = None,
+    ) -> TokenResponse:
+        """Handle a token request (RFC 6749 section 4.4, RFC 8693 section 2).
+
+        ``params`` maps each body parameter to all its values. Raises
+        ``OAuthError``; every decision after client authentication is
+        audited, and a token is returned only once its record is committed.
+        """
+        single = _single_values(params)
+        auth = self.authenticator.authenticate(single, authorization)
+        client = auth.client
+        grant_type = single.get("grant_type", "")
+        entry = AuditEntry(client.client_id, grant_type or "-", self.policy.version)
+        try:
+            response = self._issue(auth, single, params, entry, now or time.time())
+        except StoreUnavailable:
+            raise
+        except OAuthError as exc:
+            self._refuse(entry, exc)
+            raise
+        return response
+
+    def _refuse(self, entry: AuditEntry, exc: OAuthError) -> None:
+        log.info(
+            "token refused",
+            extra={
+                "fields": {
+                    "decision": "refused",
+                    "client_id": entry.client_id,
+                    "error": exc.error,
+                    "mial": entry.mial,
+                    "maal": entry.maal,
+                }
+            },
+        )
+        self.audit.write(entry, decision="refused", error=exc.error, reasons=[exc.detail])
+
+    def _issue(
+        self,
+        auth: AuthenticatedClient,
+        single: Mapping[str, str],
+        params: Mapping[str, Sequence[str]],
+        entry: AuditEntry,
+        now_f: float,
+    ) -> TokenResponse:
+        client = auth.client
+        grant_type = single.get("grant_type")
+        if not grant_type:
+            raise InvalidRequest("grant_type is required")
+        if grant_type not in (GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE):
+            raise UnsupportedGrantType("grant_type not supported")
+        if grant_type not in client.grant_types:
+            raise UnauthorizedClient("client may not use this grant_type")
+        now = int(now_f)
+        scopes = self._scopes(client.scopes, single.get("scope"))
+        audiences = self._audiences(client.audiences, params)
+        entry.audience = audiences
+        requested = _request_requirement(single)
+
+        if grant_type == GRANT_CLIENT_CREDENTIALS:
+            grant = _Grant(client.subject, rate_client_credential(auth.method), [], None, None)
+        else:
+            grant = self._token_exchange(auth, single, entry, now_f)
+        entry.subject = grant.subject
+
+        lifetime = self.settings.token_lifetime
+        assessment = self._assess(client.declared, grant, now)
+        entry.mial, entry.maal = assessment.mial_level, assessment.maal_level
+        entry.ratings = _ratings_record(assessment)
+        self._enforce(assessment, client.client_id, audiences, scopes, requested)
+
+        expires_at = now + lifetime
+        if assessment.evidence_expiry is not None:
+            expires_at = min(expires_at, assessment.evidence_expiry)
+        if expires_at <= now:
+            raise InvalidRequest("the evidence expires before a token could be used")
+        claims = self.minter.build_claims(
+            subject=grant.subject,
+            client_id=client.client_id,
+            audiences=audiences,
+            scopes=scopes,
+            assessment=assessment,
+            policy_version=self.policy.version,
+            now=now,
+            expires_at=expires_at,
+            actor=grant.actor,
+        )
+        token = self.minter.sign(claims)
+        self.audit.write(
+            entry,
+            decision="issued",
+            reasons=assessment.explain(),
+            jti=claims["jti"],
+            expires_at=expires_at,
+        )
+        log.info(
+            "token issued",
+            extra={
+                "fields": {
+                    "decision": "issued",
+                    "client_id": client.client_id,
+                    "jti": claims["jti"],
+                    "mial": assessment.mial_level,
+                    "maal": assessment.maal_level,
+                }
+            },
+        )
+        body: dict[str, Any] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": expires_at - now,
+        }
+        if scopes:
+            body["scope"] = " ".join(scopes)
+        if grant.issued_token_type:
+            body["issued_token_type"] = grant.issued_token_type
+        return TokenResponse(body, claims["jti"])
+
+    def _assess(self, declared: Mapping[str, int], grant: _Grant, now: int) -> Assessment:
+        return self.assessor.assess(
+            evidence=grant.evidence,
+            credential=grant.credential_rating,
+            identity_floor=CREDENTIAL_ONLY,
+            boundary=bearer_boundary(),
+            governance=governance_for(self.settings.token_lifetime),
+            declared=declared,
+            now=now,
+        )
+
+    def explain(
+        self,
+        client_id: str,
+        *,
+        subject_token: str | None = None,
+        audiences: Sequence[str] = (),
+        scopes: Sequence[str] = (),
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """Dry-run a decision for ``client_id`` without issuing or auditing.
+
+        With ``subject_token`` the decision is that of a token exchange,
+        otherwise that of client_credentials with the client's own
+        credential. Raises ``KeyError`` for an unknown client and
+        ``EvidenceError`` when the subject token does not verify.
+        """
+        client = self.clients.get(client_id)
+        if client is None:
+            raise KeyError(client_id)
+        now_f = time.time() if now is None else now
+        if subject_token is not None:
+            identity = self.trust.verify(subject_token, now_f)
+            evidence, cred = rate_platform_identity(identity)
+            grant = _Grant(identity.subject, cred, [evidence], None, None)
+        else:
+            cred = rate_client_credential(client.auth_methods[0])
+            grant = _Grant(client.subject, cred, [], None, None)
+        assessment = self._assess(client.declared, grant, int(now_f))
+        auds = list(audiences) or list(client.audiences[:1])
+        requirement, rules = self.policy.requirement_for(client_id, auds, scopes)
+        unmet = requirement.unmet(
+            assessment.mial_level, assessment.maal_level, assessment.vectors(), 0
+        )
+        return {
+            "client_id": client_id,
+            "subject": grant.subject,
+            "mial": assessment.mial_level,
+            "maal": assessment.maal_level,
+            "assurance_levels": assessment.claim(self.policy.version),
+            "explanation": assessment.explain(),
+            "policy_version": self.policy.version,
+            "policy_rules": rules,
+            "requirement": requirement.compact(),
+            "decision": "refuse" if unmet else "issue",
+            "unmet": [s.describe() for s in unmet],
+        }
+
+    @staticmethod
+    def _scopes(allowed: Sequence[str], requested: str | None) -> list[str]:
+        """RFC 6749 section 3.3: omitted means every registered scope."""
+        if requested is None:
+            return list(allowed)
+        wanted = [s for s in requested.split(" ") if s]
+        if not wanted or len(wanted) > 50:
+            raise InvalidScope("scope is empty or too long")
+        unknown = [s for s in wanted if s not in allowed]
+        if unknown:
+            raise InvalidScope("scope not allowed for this client")
+        return list(dict.fromkeys(wanted))
+
+    @staticmethod
+    def _audiences(allowed: Sequence[str], params: Mapping[str, Sequence[str]]) -> list[str]:
+        """RFC 8707 ``resource`` and RFC 8693 ``audience``; omitted means the
+        client's first registered audience."""
+        wanted = [*params.get("resource", ()), *params.get("audience", ())]
+        if len(wanted) > 10:
+            raise InvalidTarget("too many resource or audience values")
+        if not wanted:
+            if not allowed:
+                raise InvalidTarget("no audience registered for this client")
+            return [allowed[0]]
+        unknown = [a for a in wanted if a not in allowed]
+        if unknown:
+            raise InvalidTarget("resource or audience not allowed for this client")
+        return list(dict.fromkeys(wanted))
+
+    def _token_exchange(
+        self,
+        auth: AuthenticatedClient,
+        single: Mapping[str, str],
+        entry: AuditEntry,
+        now: float,
+    ) -> _Grant:
+        """RFC 8693 section 2.1; invalid subject tokens are ``invalid_request``
+        (section 2.2.2)."""
+        subject_token = single.get("subject_token")
+        subject_type = single.get("subject_token_type")
+        if not subject_token or not subject_type:
+            raise InvalidRequest("subject_token and subject_token_type are required")
+        if subject_type not in SUBJECT_TOKEN_TYPES:
+            raise InvalidRequest("subject_token_type not supported")
+        requested_type = single.get("requested_token_type")
+        if requested_type not in (None, TOKEN_TYPE_ACCESS):
+            raise InvalidRequest("only access tokens can be requested")
+        identity = self._verify_platform_token(subject_token, "subject_token", now)
+        entry.subject = identity.subject
+        evidence, cred = rate_platform_identity(identity)
+        entry.evidence.append(evidence.summary())
+        patterns = auth.client.subject_patterns
+        if patterns and not any(fnmatch.fnmatchcase(identity.subject, p) for p in patterns):
+            raise InvalidRequest("subject_token names a subject this client may not use")
+        actor = None
+        actor_token = single.get("actor_token")
+        if actor_token is not None:
+            if single.get("actor_token_type") not in SUBJECT_TOKEN_TYPES:
+                raise InvalidRequest("actor_token_type missing or not supported")
+            actor_identity = self._verify_platform_token(actor_token, "actor_token", now)
+            actor = {"sub": actor_identity.subject}
+        elif "actor_token_type" in single:
+            raise InvalidRequest("actor_token_type given without actor_token")
+        return _Grant(identity.subject, cred, [evidence], actor, TOKEN_TYPE_ACCESS)
+
+    def _verify_platform_token(self, token: str, name: str, now: float) -> PlatformIdentity:
+        try:
+            return self.trust.verify(token, now)
+        except EvidenceError as exc:
+            raise InvalidRequest(
+                f"{name} rejected: {exc.reason}", detail=f"{name}: {exc.reason}: {exc}"
+            ) from None
+
+    def _enforce(
+        self,
+        assessment: Assessment,
+        client_id: str,
+        audiences: Sequence[str],
+        scopes: Sequence[str],
+        requested: Requirement,
+    ) -> None:
+        requirement, rules = self.policy.requirement_for(client_id, audiences, scopes)
+        requirement = requirement.combine(requested)
+        unmet = requirement.unmet(
+            assessment.mial_level, assessment.maal_level, assessment.vectors(), 0
+        )
+        if unmet:
+            text = "; ".join(s.describe() for s in unmet)
+            raise InsufficientAssurance(
+                f"{text} (policy {self.policy.version})",
+                detail=f"{text}; rules {', '.join(rules)}",
+            )
+
+    # -- introspection and revocation ----------------------------------
+
+    def introspect(
+        self,
+        params: Mapping[str, Sequence[str]],
+        authorization: str | None,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """RFC 7662 section 2: the token's claims when active and visible to
+        the caller, else ``{"active": false}``."""
+        single = _single_values(params)
+        caller = self.authenticator.authenticate(single, authorization).client
+        token = single.get("token")
+        if not token:
+            raise InvalidRequest("token is required")
+        now = time.time() if now is None else now
+        claims = self._lookup(token, now)
+        if claims is None:
+            return {"active": False}
+        aud = claims.get("aud")
+        token_aud = set(aud) if isinstance(aud, list) else {aud}
+        own = claims.get("client_id") == caller.client_id
+        serves = caller.resource_server and bool(token_aud & set(caller.audiences))
+        if not (own or serves):
+            return {"active": False}
+        out: dict[str, Any] = {"active": True, "token_type": "Bearer"}
+        for name in (
+            "scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti",
+            "act", "mial", "maal", "assurance_levels",
+        ):
+            if name in claims:
+                out[name] = claims[name]
+        return out
+
+    def _lookup(self, token: str, now: float) -> dict[str, Any] | None:
+        if len(token) > self.settings.max_token_bytes:
+            return None
+        claims = read_own_token(token, self.keyring, self.issuer, now)
+        if claims is None or not isinstance(claims.get("jti"), str):
+            return None
+        if self.db.is_revoked(claims["jti"]):
+            return None
+        return claims
+
+    def revoke(
+        self,
+        params: Mapping[str, Sequence[str]],
+        authorization: str | None,
+        now: float | None = None,
+    ) -> None:
+        """RFC 7009 section 2.1: revoke one of the caller's own tokens.
+
+        Unknown, invalid or expired tokens succeed silently (section 2.2);
+        a token of another client is refused with ``unauthorized_client``.
+        """
+        single = _single_values(params)
+        caller = self.authenticator.authenticate(single, authorization).client
+        token = single.get("token")
+        if not token:
+            raise InvalidRequest("token is required")
+        now = time.time() if now is None else now
+        claims = self._lookup(token, now)
+        if claims is None:
+            return
+        if claims.get("client_id") != caller.client_id:
+            raise UnauthorizedClient("token was issued to another client")
+        with self.db.session() as s:
+            if s.get(Revocation, claims["jti"]) is None:
+                s.add(
+                    Revocation(
+                        jti=claims["jti"],
+                        client_id=caller.client_id,
+                        revoked_at=now,
+                        expires_at=float(claims["exp"]),
+                    )
+                )
+        log.info(
+            "token revoked",
+            extra={"fields": {"client_id": caller.client_id, "jti": claims["jti"]}},
+        )
+
+    # -- metadata ------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        """RFC 8414 section 2 server metadata plus our extensions."""
+        methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+        return {
+            "issuer": self.issuer,
+            "token_endpoint": self.token_endpoint,
+            "jwks_uri": f"{self.issuer}/jwks.json",
+            "introspection_endpoint": f"{self.issuer}/introspect",
+            "revocation_endpoint": f"{self.issuer}/revoke",
+            "grant_types_supported": [GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE],
+            "token_endpoint_auth_methods_supported": methods,
+            "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+            "introspection_endpoint_auth_methods_supported": methods,
+            "revocation_endpoint_auth_methods_supported": methods,
+            "access_token_signing_alg_values_supported": sorted(
+                {k.alg for k in self.keyring.published()}
+            ),
+            "response_types_supported": [],
+            "workload_assurance_scheme": self.scheme.id,
+            "mial_levels_supported": list(range(self.scheme.mial.top + 1)),
+            "maal_levels_supported": list(range(self.scheme.maal.top + 1)),
+            "workload_assurance_dimensions": {
+                "mial": list(self.scheme.mial.dimensions),
+                "maal": list(self.scheme.maal.dimensions),
+            },
+            "evidence_kinds_supported": [
+                "k8s_sa_token", "github_oidc", "spiffe_jwt_svid", "oidc_token"
+            ],
+            "subject_token_types_supported": list(SUBJECT_TOKEN_TYPES),
+            "policy_version": self.policy.version,
+        }
+
+    def check_ready(self) -> None:
+        """Raise ``ServerUnavailable`` when the database cannot be reached."""
+        try:
+            with self.db.session() as s:
+                s.get(Revocation, "-")
+        except StoreUnavailable:
+            raise ServerUnavailable("database unavailable") from None
+
+
+def _single_values(params: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """RFC 6749 section 3.2: parameters must not repeat (except RFC 8707's
+    ``resource`` and RFC 8693's ``audience``)."""
+    out: dict[str, str] = {}
+    for name, values in params.items():
+        if name in REPEATABLE:
+            continue
+        if len(values) != 1:
+            raise InvalidRequest(f"parameter {name} repeated")
+        out[name] = values[0]
+    return out
+
+
+def _request_requirement(single: Mapping[str, str]) -> Requirement:
+    try:
+        return Requirement.parse(
+            single.get("min_mial"), single.get("min_maal"), single.get("min_assurance")
+        )
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def _ratings_record(assessment: Assessment) -> dict[str, Any]:
+    return {
+        "mial": assessment.mial,
+        "maal": assessment.maal,
+        "reasons": assessment.reasons,
+        "credential": assessment.credential,
+    }

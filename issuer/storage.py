@@ -1,0 +1,227 @@
+"""Persistent state in SQLAlchemy: clients, audit records, revocations, used jtis.
+
+SQLite (the embedded default) and PostgreSQL are both supported; tables are
+created on start. Database failures surface as ``StoreUnavailable`` so the
+web layer can fail closed with a 503 instead of issuing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+__all__ = [
+    "AuditRecord",
+    "Base",
+    "ClientRecord",
+    "Database",
+    "Revocation",
+    "StoreUnavailable",
+    "UsedJti",
+]
+
+
+class StoreUnavailable(RuntimeError):
+    """The database could not be reached or refused the operation."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ClientRecord(Base):
+    """A registered client. JSON columns hold lists and objects as text."""
+
+    __tablename__ = "clients"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    previous_secret_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    previous_secret_expires_at: Mapped[float | None] = mapped_column(
+        Float, nullable=True
+    )
+    jwks: Mapped[str | None] = mapped_column(Text, nullable=True)
+    auth_methods: Mapped[str] = mapped_column(Text)
+    grant_types: Mapped[str] = mapped_column(Text)
+    scopes: Mapped[str] = mapped_column(Text)
+    audiences: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(String(500))
+    subject_patterns: Mapped[str] = mapped_column(Text, default="[]")
+    declared: Mapped[str] = mapped_column(Text, default="{}")
+    resource_server: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    def list_field(self, name: str) -> list[str]:
+        """Decode a JSON list column."""
+        value: list[str] = json.loads(getattr(self, name))
+        return value
+
+    def dict_field(self, name: str) -> dict[str, Any]:
+        """Decode a JSON object column."""
+        value: dict[str, Any] = json.loads(getattr(self, name) or "{}")
+        return value
+
+
+class AuditRecord(Base):
+    """One decision about an authenticated client: issued or refused."""
+
+    __tablename__ = "audit_records"
+    __table_args__ = (
+        Index("ix_audit_client_time", "client_id", "time"),
+        Index("ix_audit_jti", "jti"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[float] = mapped_column(Float)
+    client_id: Mapped[str] = mapped_column(String(64))
+    grant_type: Mapped[str] = mapped_column(String(100))
+    subject: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reasons: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[str] = mapped_column(Text)
+    ratings: Mapped[str] = mapped_column(Text)
+    mial: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    maal: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    policy_version: Mapped[str] = mapped_column(String(100))
+    jti: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    audience: Mapped[str] = mapped_column(Text, default="[]")
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as plain JSON-ready data."""
+        return {
+            "id": self.id,
+            "time": self.time,
+            "client_id": self.client_id,
+            "grant_type": self.grant_type,
+            "subject": self.subject,
+            "decision": self.decision,
+            "error": self.error,
+            "reasons": json.loads(self.reasons),
+            "evidence": json.loads(self.evidence),
+            "ratings": json.loads(self.ratings),
+            "mial": self.mial,
+            "maal": self.maal,
+            "policy_version": self.policy_version,
+            "jti": self.jti,
+            "audience": json.loads(self.audience),
+            "expires_at": self.expires_at,
+        }
+
+
+class Revocation(Base):
+    """A revoked access token, kept until it would have expired anyway."""
+
+    __tablename__ = "revocations"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    revoked_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class UsedJti(Base):
+    """A single-use identifier (client assertion jti) seen before its expiry."""
+
+    __tablename__ = "used_jtis"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets readers work while one worker writes; busy_timeout makes a
+    # second writer wait instead of failing at once.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class Database:
+    """Engine and session factory; ``session()`` maps driver errors to
+    ``StoreUnavailable`` and commits on success."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            kwargs = {"connect_args": {"check_same_thread": False, "timeout": 5}}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._factory = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_all(self) -> None:
+        """Create missing tables; raises ``StoreUnavailable``."""
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed when the block ends without error."""
+        try:
+            with self._factory() as session, session.begin():
+                yield session
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    def use_once(self, key: str, expires_at: float) -> bool:
+        """Record ``key`` as used until ``expires_at``; False if already used.
+
+        Atomic across processes through the primary key. Expired rows are
+        pruned now and then, so the table stays small.
+        """
+        try:
+            with self.session() as s:
+                s.add(UsedJti(key=key, expires_at=expires_at))
+        except IntegrityError:
+            with self.session() as s:
+                row = s.get(UsedJti, key)
+                if row is None or row.expires_at >= time.time():
+                    return False
+                row.expires_at = expires_at
+            return True
+        if hash(key) % 64 == 0:
+            with self.session() as s:
+                s.execute(delete(UsedJti).where(UsedJti.expires_at < time.time()))
+        return True
+
+    def is_revoked(self, jti: str) -> bool:
+        """Whether the token with ``jti`` was revoked."""
+        with self.session() as s:
+            return s.get(Revocation, jti) is not None
+
+    def audit_by_jti(self, jti: str) -> AuditRecord | None:
+        """The audit record of the token with ``jti``."""
+        with self.session() as s:
+            return s.scalars(select(AuditRecord).where(AuditRecord.jti == jti)).first()

@@ -1,0 +1,193 @@
+"""Shared fixtures: settings in a temporary home, the service, a live server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+K8S_ISSUER = "https://oidc.eks.eu-west-1.amazonaws.com/id/B88E7287E54DB073AC9CDC2FD1BE0969"
+K8S_NOW = 1763985600
+GITHUB_NOW = 1674498780
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def basic(client_id: str, secret: str) -> str:
+    """An RFC 6749 section 2.3.1 Basic header (values are URL-safe already)."""
+    raw = f"{client_id}:{secret}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def sample_trust_sources() -> dict[str, dict[str, Any]]:
+    """Trust sources for the real samples in ../shared/data."""
+    return {
+        "eks": {
+            "platform": "kubernetes",
+            "issuer": K8S_ISSUER,
+            "audience": "sts.amazonaws.com",
+            "jwks_file": str(DATA / "k8s-sa-token" / "jwks.json"),
+            "algorithms": ["RS256"],
+        },
+        "github": {
+            "platform": "github_actions",
+            "issuer": "https://token.actions.githubusercontent.com",
+            "audience": "https://github.com/nickolashkraus",
+            "pem_file": str(DATA / "github-actions-oidc" / "RS256.pem"),
+            "algorithms": ["RS256"],
+        },
+    }
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def make_service(home: Path) -> Callable[..., Any]:
+    """Build an ``IssuerService`` in a temporary home with given settings."""
+    from issuer.config import Settings
+    from issuer.service import IssuerService
+
+    def build(**overrides: Any) -> IssuerService:
+        values: dict[str, Any] = {
+            "home": str(home),
+            "issuer_url": "https://issuer.test",
+            "trust_sources": sample_trust_sources(),
+        }
+        values.update(overrides)
+        return IssuerService(Settings(**values).validate())
+
+    return build
+
+
+@pytest.fixture
+def service(make_service: Callable[..., Any]) -> Any:
+    return make_service()
+
+
+@pytest.fixture
+def client_app(service: Any) -> Any:
+    from issuer.web import create_app
+
+    app = create_app(service)
+    return app.test_client()
+
+
+@dataclass
+class LiveIssuer:
+    """A real ``wimse-issuer serve`` process on a loopback port."""
+
+    url: str
+    home: Path
+    process: subprocess.Popen[bytes]
+    config: Path | None
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "issuer", "--home", str(self.home)]
+        if self.config is not None:
+            cmd += ["--config", str(self.config)]
+        return subprocess.run(
+            [*cmd, *args], capture_output=True, text=True, check=True, env=self.env
+        )
+
+    def add_client(self, name: str, *args: str) -> dict[str, Any]:
+        out = self.cli("client", "add", name, "--json", *args)
+        data: dict[str, Any] = json.loads(out.stdout)
+        return data
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_issuer(home: Path, config: dict[str, Any] | None = None, workers: int = 1) -> LiveIssuer:
+    """Start ``wimse-issuer serve`` and wait until ``/healthz`` answers."""
+    port = free_port()
+    config_path = None
+    env = dict(os.environ)
+    env.pop("WIMSE_ISSUER_CONFIG", None)
+    if config is not None:
+        config_path = home / "issuer.toml"
+        config_path.write_text(_toml(config))
+    cmd = [sys.executable, "-m", "issuer", "--home", str(home)]
+    if config_path is not None:
+        cmd += ["--config", str(config_path)]
+    cmd += ["serve", "--port", str(port), "--workers", str(workers)]
+    log_path = home / "server.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed when the process ends
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("issuer exited: " + log_path.read_text())
+        try:
+            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                return LiveIssuer(url, home, proc, config_path, log_path, env)
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("issuer did not start: " + log_path.read_text())
+
+
+def stop_issuer(live: LiveIssuer) -> None:
+    live.process.terminate()
+    try:
+        live.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        live.process.kill()
+        live.process.wait()
+
+
+def _toml(data: dict[str, Any], prefix: str = "") -> str:
+    """Enough TOML for test configs: scalars, lists of scalars, nested tables."""
+    lines = []
+    tables = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    out = "\n".join(lines) + "\n"
+    for key, value in tables:
+        name = f'{prefix}."{key}"' if prefix else f'"{key}"'
+        out += f"\n[{name}]\n" + _toml(value, name)
+    return out
+
+
+@pytest.fixture
+def live_issuer(tmp_path: Path) -> Iterator[Callable[..., LiveIssuer]]:
+    """Factory starting real issuers; all are stopped after the test."""
+    started: list[LiveIssuer] = []
+
+    def start(config: dict[str, Any] | None = None, workers: int = 1) -> LiveIssuer:
+        home = tmp_path / f"issuer{len(started)}"
+        home.mkdir()
+        live = start_issuer(home, config, workers)
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        stop_issuer(live)

@@ -99,6 +99,10 @@ def serve(
         port=settings.port,
         interface=Interfaces.WSGI,
         workers=settings.workers,
+        # The handlers are CPU-bound under one GIL per worker: a few threads
+        # keep the database waits overlapped without thrashing.
+        blocking_threads=4,
+        backpressure=64,
         log_access=False,
     ).serve()
 

@@ -8,6 +8,7 @@ web layer can fail closed with a 503 instead of issuing anything.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -183,6 +184,10 @@ class Database:
             Base.metadata.create_all(self.engine)
         except OperationalError as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+        path = self.engine.url.database
+        if self.engine.url.get_backend_name() == "sqlite" and path and path != ":memory:":
+            # The file holds client secret hashes: readable by the owner only.
+            os.chmod(path, 0o600)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

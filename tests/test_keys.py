@@ -1,0 +1,87 @@
+"""Signing keys: generation, RFC 7638 key ids, JWKS, rotation schedule."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import jwt
+import pytest
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
+from issuer.keys import KeyRing, jwk_thumbprint
+
+# RFC 7638 section 3.1 example key and its thumbprint.
+RFC7638_JWK = {
+    "kty": "RSA",
+    "n": (
+        "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"  # noqa: E501
+    ),
+    "e": "AQAB",
+    "alg": "RS256",
+    "kid": "2011-04-29",
+}
+
+
+def test_thumbprint_matches_rfc7638_example() -> None:
+    assert jwk_thumbprint(RFC7638_JWK) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+@pytest.mark.parametrize(
+    ("alg", "joserfc_key"),
+    [("ES256", ECKey), ("EdDSA", OKPKey), ("RS256", RSAKey), ("PS256", RSAKey)],
+)
+def test_generated_keys_are_named_by_thumbprint_cross_checked(
+    tmp_path: Path, alg: str, joserfc_key: type
+) -> None:
+    ring = KeyRing(tmp_path, alg=alg)
+    key = ring.current()
+    assert key.alg == alg
+    independent = joserfc_key.import_key(key.jwk).thumbprint()
+    assert key.kid == independent
+    pem = tmp_path / "signing" / f"{key.kid}.pem"
+    assert stat.S_IMODE(pem.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "signing" / "state.json").stat().st_mode) == 0o600
+
+
+def test_signed_token_verifies_with_published_key(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path)
+    token = ring.sign({"sub": "x"})
+    header = jwt.get_unverified_header(token)
+    assert header["typ"] == "at+jwt"
+    published = ring.public_key(header["kid"])
+    assert published is not None
+    assert "d" not in published.jwk
+    public = jwt.PyJWK(published.jwk).key
+    assert jwt.decode(token, public, algorithms=["ES256"])["sub"] == "x"
+
+
+def test_existing_keys_are_reused_on_restart(tmp_path: Path) -> None:
+    first = KeyRing(tmp_path).current().kid
+    assert KeyRing(tmp_path).current().kid == first
+
+
+def test_rotation_publishes_before_signing_and_retires_after_expiry(
+    tmp_path: Path,
+) -> None:
+    ring = KeyRing(tmp_path, jwks_max_age=300, max_token_lifetime=600, clock_skew=60)
+    old = ring.current().kid
+    t0 = ring.keys()[0].not_before + 10
+    new = ring.rotate(now=t0)
+    # Published at once, but the old key still signs for one JWKS max-age.
+    assert {k["kid"] for k in ring.jwks(now=t0)["keys"]} == {old, new}
+    assert ring.current(now=t0 + 299).kid == old
+    assert ring.current(now=t0 + 300).kid == new
+    # The old key stays published until its last token (600 s + skew) expired.
+    assert {k["kid"] for k in ring.jwks(now=t0 + 300 + 659)["keys"]} == {old, new}
+    assert {k["kid"] for k in ring.jwks(now=t0 + 300 + 660)["keys"]} == {new}
+    states = {s["kid"]: s["state"] for s in ring.status(now=t0 + 400)}
+    assert states == {old: "retired", new: "signing"}
+
+
+def test_a_second_process_sees_a_rotation(tmp_path: Path) -> None:
+    one = KeyRing(tmp_path, jwks_max_age=0)
+    two = KeyRing(tmp_path, jwks_max_age=0)
+    new = one.rotate()
+    two._checked = 0.0  # skip the once-a-second re-read throttle
+    assert two.current().kid == new

@@ -103,6 +103,7 @@ class LiveIssuer:
     config: Path | None
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    log_file: Any = None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "issuer", "--home", str(self.home)]
@@ -141,13 +142,16 @@ def start_issuer(home: Path, config: dict[str, Any] | None = None, workers: int 
     deadline = time.time() + 30
     while time.time() < deadline:
         if proc.poll() is not None:
+            log.close()
             raise RuntimeError("issuer exited: " + log_path.read_text())
         try:
             if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                return LiveIssuer(url, home, proc, config_path, log_path, env)
+                return LiveIssuer(url, home, proc, config_path, log_path, env, log)
         except requests.ConnectionError:
             time.sleep(0.1)
     proc.kill()
+    proc.wait()
+    log.close()
     raise RuntimeError("issuer did not start: " + log_path.read_text())
 
 
@@ -158,6 +162,8 @@ def stop_issuer(live: LiveIssuer) -> None:
     except subprocess.TimeoutExpired:
         live.process.kill()
         live.process.wait()
+    if live.log_file is not None:
+        live.log_file.close()
 
 
 def _toml(data: dict[str, Any], prefix: str = "") -> str:

@@ -65,7 +65,9 @@ class AccessTokenMinter:
         return self.keyring.sign(claims, typ="at+jwt")
 
 
-def read_own_token(token: str, keyring: KeyRing, issuer: str, now: float) -> dict[str, Any] | None:
+def read_own_token(
+    token: str, keyring: KeyRing, issuer: str, now: float
+) -> dict[str, Any] | None:
     """Return the claims of a token this issuer signed, or ``None``.
 
     ``None`` covers every reason a token is not one of ours or not usable:
@@ -85,7 +87,7 @@ def read_own_token(token: str, keyring: KeyRing, issuer: str, now: float) -> dic
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
-            key.private_key.public_key(),  # type: ignore[arg-type]
+            key.private_key.public_key(),
             algorithms=[key.alg],
             issuer=issuer,
             options={"verify_aud": False, "verify_exp": False, "verify_nbf": False},

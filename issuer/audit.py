@@ -78,7 +78,9 @@ class AuditLog:
         rec = self._db.audit_by_jti(jti)
         return rec.as_dict() if rec is not None else None
 
-    def list(self, client_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def recent(
+        self, client_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
         """The newest records, optionally for one client."""
         query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)
         if client_id is not None:

@@ -28,7 +28,9 @@ __all__ = ["main"]
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     opts = ctx.find_root().params
     try:
-        return load_settings(opts.get("config"), overrides={"home": opts.get("home"), **overrides})
+        return load_settings(
+            opts.get("config"), overrides={"home": opts.get("home"), **overrides}
+        )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -54,7 +56,9 @@ def main(home: str | None, config: str | None) -> None:
 @main.command()
 @click.option("--host", default=None, help="Listen address. Default 127.0.0.1.")
 @click.option("--port", type=int, default=None, help="Listen port. Default 8080.")
-@click.option("--issuer-url", default=None, help="Issuer identifier. Default http://HOST:PORT.")
+@click.option(
+    "--issuer-url", default=None, help="Issuer identifier. Default http://HOST:PORT."
+)
 @click.option("--workers", type=int, default=None, help="Worker processes. Default 1.")
 @click.pass_context
 def serve(
@@ -70,7 +74,9 @@ def serve(
 
     from .service import IssuerService
 
-    settings = _settings(ctx, host=host, port=port, issuer_url=issuer_url, workers=workers)
+    settings = _settings(
+        ctx, host=host, port=port, issuer_url=issuer_url, workers=workers
+    )
     # Build the service once here so tables and keys exist before workers
     # start, and so configuration errors stop the command with a message.
     try:
@@ -120,7 +126,9 @@ def _declared(items: tuple[str, ...]) -> dict[str, int]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not value.isdigit() or name.split(".")[0] not in ("mial", "maal"):
-            raise click.BadParameter(f"{item!r}: use kind.dimension=N", param_hint="--declare")
+            raise click.BadParameter(
+                f"{item!r}: use kind.dimension=N", param_hint="--declare"
+            )
         out[name] = int(value)
     return out
 
@@ -128,14 +136,44 @@ def _declared(items: tuple[str, ...]) -> dict[str, int]:
 def _client_options(fn: Any) -> Any:
     for option in reversed(
         [
-            click.option("--grant", "grants", multiple=True, help="Allowed grant type (repeat)."),
-            click.option("--scope", "scopes", multiple=True, help="Allowed scope (repeat)."),
-            click.option("--audience", "audiences", multiple=True, help="Allowed audience (repeat); the first is the default."),
-            click.option("--subject", default=None, help="Token sub for client_credentials."),
-            click.option("--subject-pattern", "patterns", multiple=True, help="Glob the subject_token's identity must match (repeat)."),
-            click.option("--declare", "declared", multiple=True, help="Operator-declared rating, e.g. mial.configuration=1 (caps at 1)."),
-            click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False), help="JWKS file: authenticate with private_key_jwt."),
-            click.option("--resource-server/--no-resource-server", default=None, help="May introspect tokens for its audiences."),
+            click.option(
+                "--grant", "grants", multiple=True, help="Allowed grant type (repeat)."
+            ),
+            click.option(
+                "--scope", "scopes", multiple=True, help="Allowed scope (repeat)."
+            ),
+            click.option(
+                "--audience",
+                "audiences",
+                multiple=True,
+                help="Allowed audience (repeat); the first is the default.",
+            ),
+            click.option(
+                "--subject", default=None, help="Token sub for client_credentials."
+            ),
+            click.option(
+                "--subject-pattern",
+                "patterns",
+                multiple=True,
+                help="Glob the subject_token's identity must match (repeat).",
+            ),
+            click.option(
+                "--declare",
+                "declared",
+                multiple=True,
+                help="Operator-declared rating, e.g. mial.configuration=1 (caps at 1).",
+            ),
+            click.option(
+                "--jwks",
+                "jwks_file",
+                type=click.Path(exists=True, dir_okay=False),
+                help="JWKS file: authenticate with private_key_jwt.",
+            ),
+            click.option(
+                "--resource-server/--no-resource-server",
+                default=None,
+                help="May introspect tokens for its audiences.",
+            ),
         ]
     ):
         fn = option(fn)
@@ -155,7 +193,9 @@ def _load_jwks(path: str | None) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise click.BadParameter(f"cannot read JWKS: {exc}", param_hint="--jwks") from None
+        raise click.BadParameter(
+            f"cannot read JWKS: {exc}", param_hint="--jwks"
+        ) from None
 
 
 @client.command("add")
@@ -163,10 +203,19 @@ def _load_jwks(path: str | None) -> Any:
 @_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def client_add(ctx: click.Context, name: str, grants: tuple[str, ...], scopes: tuple[str, ...],
-               audiences: tuple[str, ...], subject: str | None, patterns: tuple[str, ...],
-               declared: tuple[str, ...], jwks_file: str | None,
-               resource_server: bool | None, as_json: bool) -> None:
+def client_add(
+    ctx: click.Context,
+    name: str,
+    grants: tuple[str, ...],
+    scopes: tuple[str, ...],
+    audiences: tuple[str, ...],
+    subject: str | None,
+    patterns: tuple[str, ...],
+    declared: tuple[str, ...],
+    jwks_file: str | None,
+    resource_server: bool | None,
+    as_json: bool,
+) -> None:
     """Register a client; its secret is printed once."""
     registry = _registry(_settings(ctx))
     try:
@@ -200,7 +249,7 @@ def client_add(ctx: click.Context, name: str, grants: tuple[str, ...], scopes: t
 @click.pass_context
 def client_list(ctx: click.Context, as_json: bool) -> None:
     """List clients."""
-    clients = _registry(_settings(ctx)).list()
+    clients = _registry(_settings(ctx)).all()
     if as_json:
         _echo_json([c.public_view() for c in clients])
         return
@@ -227,15 +276,29 @@ def client_show(ctx: click.Context, client_id: str) -> None:
 @client.command("update")
 @click.argument("client_id")
 @_client_options
-@click.option("--rotate-secret", is_flag=True, help="Issue a new secret; the old one stays valid for the grace period.")
+@click.option(
+    "--rotate-secret",
+    is_flag=True,
+    help="Issue a new secret; the old one stays valid for the grace period.",
+)
 @click.option("--enable", is_flag=True, help="Re-enable a disabled client.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def client_update(ctx: click.Context, client_id: str, grants: tuple[str, ...],
-                  scopes: tuple[str, ...], audiences: tuple[str, ...], subject: str | None,
-                  patterns: tuple[str, ...], declared: tuple[str, ...],
-                  jwks_file: str | None, resource_server: bool | None,
-                  rotate_secret: bool, enable: bool, as_json: bool) -> None:
+def client_update(
+    ctx: click.Context,
+    client_id: str,
+    grants: tuple[str, ...],
+    scopes: tuple[str, ...],
+    audiences: tuple[str, ...],
+    subject: str | None,
+    patterns: tuple[str, ...],
+    declared: tuple[str, ...],
+    jwks_file: str | None,
+    resource_server: bool | None,
+    rotate_secret: bool,
+    enable: bool,
+    as_json: bool,
+) -> None:
     """Change a client; repeatable options replace the stored list."""
     registry = _registry(_settings(ctx))
     changes: dict[str, Any] = {
@@ -250,7 +313,9 @@ def client_update(ctx: click.Context, client_id: str, grants: tuple[str, ...],
         "disabled": False if enable else None,
     }
     try:
-        record, secret = registry.update(client_id, rotate_secret=rotate_secret, **changes)
+        record, secret = registry.update(
+            client_id, rotate_secret=rotate_secret, **changes
+        )
     except KeyError:
         raise click.ClickException(f"no client {client_id}") from None
     except RegistrationError as exc:
@@ -262,7 +327,10 @@ def client_update(ctx: click.Context, client_id: str, grants: tuple[str, ...],
         _echo_json(out)
     elif secret is not None:
         click.echo(f"client_secret: {secret}")
-        click.echo("(the secret is shown only now; the previous one stays valid for the grace period)")
+        click.echo(
+            "(the secret is shown only now; the previous one stays valid "
+            "for the grace period)"
+        )
     else:
         click.echo(f"updated {client_id}")
 
@@ -319,18 +387,24 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
         _echo_json(status)
         return
     for k in status:
-        click.echo(f"{k['kid']}  {k['alg']}  {k['state']}  not_before={k['not_before']}")
+        click.echo(
+            f"{k['kid']}  {k['alg']}  {k['state']}  not_before={k['not_before']}"
+        )
 
 
 @keys.command("rotate")
-@click.option("--alg", type=click.Choice(["ES256", "EdDSA", "PS256", "RS256"]), default=None)
+@click.option(
+    "--alg", type=click.Choice(["ES256", "EdDSA", "PS256", "RS256"]), default=None
+)
 @click.pass_context
 def keys_rotate(ctx: click.Context, alg: str | None) -> None:
     """Add a key; it signs after one JWKS max-age, the old one then retires."""
     settings = _settings(ctx)
     ring = _keyring(settings)
     kid = ring.rotate(alg)
-    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + settings.jwks_max_age))
+    start = time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + settings.jwks_max_age)
+    )
     click.echo(f"added {kid}; it starts signing at {start}")
 
 
@@ -355,16 +429,33 @@ def policy_check(file: str) -> None:
 
 @policy.command("explain")
 @click.option("--client", "client_id", required=True, help="Client to decide for.")
-@click.option("--evidence", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File holding a platform token (subject_token) to rate.")
-@click.option("--audience", "audiences", multiple=True, help="Requested audience (repeat).")
+@click.option(
+    "--evidence",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="File holding a platform token (subject_token) to rate.",
+)
+@click.option(
+    "--audience", "audiences", multiple=True, help="Requested audience (repeat)."
+)
 @click.option("--scope", "scopes", multiple=True, help="Requested scope (repeat).")
-@click.option("--policy", "policy_file", default=None, help="Policy file. Default: the configured one.")
+@click.option(
+    "--policy",
+    "policy_file",
+    default=None,
+    help="Policy file. Default: the configured one.",
+)
 @click.option("--at", "at", type=int, default=None, help="Decide as of this Unix time.")
 @click.pass_context
-def policy_explain(ctx: click.Context, client_id: str, evidence: str | None,
-                   audiences: tuple[str, ...], scopes: tuple[str, ...],
-                   policy_file: str | None, at: int | None) -> None:
+def policy_explain(
+    ctx: click.Context,
+    client_id: str,
+    evidence: str | None,
+    audiences: tuple[str, ...],
+    scopes: tuple[str, ...],
+    policy_file: str | None,
+    at: int | None,
+) -> None:
     """Dry-run a decision: ratings, levels, reasons and the verdict."""
     from .service import IssuerService
 
@@ -420,5 +511,5 @@ def audit_show(ctx: click.Context, jti: str) -> None:
 @click.pass_context
 def audit_list(ctx: click.Context, client_id: str | None, limit: int) -> None:
     """List the newest records as JSON lines."""
-    for record in _audit_log(_settings(ctx)).list(client_id, limit):
+    for record in _audit_log(_settings(ctx)).recent(client_id, limit):
         click.echo(json.dumps(record, sort_keys=True))

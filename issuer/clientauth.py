@@ -189,7 +189,7 @@ class ClientAuthenticator:
             try:
                 claims: dict[str, Any] = jwt.decode(
                     token,
-                    key,  # type: ignore[arg-type]
+                    key,
                     algorithms=[alg],
                     options={
                         "verify_aud": False,

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
-GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 GRANT_TYPES = (GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE)
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 _SCOPE_TOKEN = re.compile(r"\A[\x21\x23-\x5b\x5d-\x7e]+\Z")
@@ -139,9 +139,13 @@ class ClientRegistry:
         self._grace = grace_period
 
     def _hash(self, secret: str) -> str:
-        return hmac.new(self._secret_key, secret.encode("utf-8"), hashlib.sha256).hexdigest()
+        return hmac.new(
+            self._secret_key, secret.encode("utf-8"), hashlib.sha256
+        ).hexdigest()
 
-    def check_secret(self, client: Client, secret: str, now: float | None = None) -> bool:
+    def check_secret(
+        self, client: Client, secret: str, now: float | None = None
+    ) -> bool:
         """Compare ``secret`` with the current and, in its grace period, the
         previous secret, in constant time."""
         now = time.time() if now is None else now
@@ -163,7 +167,7 @@ class ClientRegistry:
             rec = s.get(ClientRecord, client_id)
             return Client.from_record(rec) if rec is not None else None
 
-    def list(self) -> list[Client]:
+    def all(self) -> list[Client]:
         """All clients, by name."""
         with self._db.session() as s:
             recs = s.scalars(select(ClientRecord).order_by(ClientRecord.name)).all()

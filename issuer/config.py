@@ -149,7 +149,9 @@ def load_settings(
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
         except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+            raise ConfigError(
+                f"cannot read config file {path}: {exc.strerror}"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         unknown = set(data) - set(_FIELDS)

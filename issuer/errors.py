@@ -29,7 +29,7 @@ __all__ = [
 
 # RFC 6749 section 5.2: error_description is limited to %x20-21 / %x23-5B /
 # %x5D-7E, so quotes and backslashes are replaced rather than rejected.
-_NOT_ALLOWED = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_NOT_ALLOWED = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 
 
 def _clean(text: str, limit: int = 300) -> str:

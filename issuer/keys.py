@@ -79,7 +79,7 @@ def _generate(alg: str) -> PrivateKey:
 def public_jwk(key: PrivateKey, alg: str) -> dict[str, Any]:
     """Return the public JWK of ``key`` with ``alg`` and ``use`` set."""
     algo = get_default_algorithms()[alg]
-    jwk: dict[str, Any] = algo.to_jwk(key.public_key(), as_dict=True)  # type: ignore[arg-type]
+    jwk: dict[str, Any] = algo.to_jwk(key.public_key(), as_dict=True)
     jwk["alg"] = alg
     jwk["use"] = "sig"
     jwk["kid"] = jwk_thumbprint(jwk)
@@ -291,5 +291,8 @@ class KeyRing:
         """Sign ``claims`` as a JWS with the current key and ``typ`` header."""
         key = self.current()
         return jwt.encode(
-            claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": typ}
+            claims,
+            key.private_key,
+            algorithm=key.alg,
+            headers={"kid": key.kid, "typ": typ},
         )

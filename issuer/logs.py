@@ -18,7 +18,14 @@ class FieldsFormatter(logging.Formatter):
     """``time level logger message {fields}``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        base = f"{self.formatTime(record)} {record.levelname} {record.name} {record.getMessage()}"
+        base = " ".join(
+            (
+                self.formatTime(record),
+                record.levelname,
+                record.name,
+                record.getMessage(),
+            )
+        )
         fields = getattr(record, "fields", None)
         if fields:
             base += " " + json.dumps(fields, sort_keys=True, default=str)

@@ -46,9 +46,15 @@ class PolicyRule:
     selectors: Mapping[str, tuple[str, ...]]
     requirement: Requirement
 
-    def matches(self, client_id: str, audiences: Iterable[str], scopes: Iterable[str]) -> bool:
+    def matches(
+        self, client_id: str, audiences: Iterable[str], scopes: Iterable[str]
+    ) -> bool:
         """True when every selector the rule has matches the request."""
-        values = {"client": {client_id}, "audience": set(audiences), "scope": set(scopes)}
+        values = {
+            "client": {client_id},
+            "audience": set(audiences),
+            "scope": set(scopes),
+        }
         return all(values[key] & set(wanted) for key, wanted in self.selectors.items())
 
 
@@ -125,7 +131,9 @@ def _rule(index: int, raw: object, scheme: Scheme) -> PolicyRule:
             continue
         if key in _SELECTORS:
             items = [value] if isinstance(value, str) else value
-            if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            if not isinstance(items, list) or not all(
+                isinstance(v, str) for v in items
+            ):
                 raise PolicyError(f"{where}.{key} must be a string or list of strings")
             selectors[key] = tuple(items)
         else:

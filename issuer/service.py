@@ -17,7 +17,12 @@ from typing import Any
 from verifier.levels import Requirement, load_scheme
 
 from .access_token import AccessTokenMinter, read_own_token
-from .assurance import Assessment, Assessor, rate_client_credential, rate_platform_identity
+from .assurance import (
+    Assessment,
+    Assessor,
+    rate_client_credential,
+    rate_platform_identity,
+)
 from .assurance.rules import CREDENTIAL_ONLY, bearer_boundary, governance_for
 from .audit import AuditEntry, AuditLog
 from .clientauth import ASSERTION_ALGORITHMS, AuthenticatedClient, ClientAuthenticator
@@ -44,9 +49,9 @@ __all__ = ["IssuerService", "TokenResponse"]
 
 log = logging.getLogger(__name__)
 
-TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"
-TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
-TOKEN_TYPE_ID = "urn:ietf:params:oauth:token-type:id_token"
+TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
+TOKEN_TYPE_ID = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
 SUBJECT_TOKEN_TYPES = (TOKEN_TYPE_JWT, TOKEN_TYPE_ID)
 # Parameters that RFC 8707 and RFC 8693 allow more than once.
 REPEATABLE = frozenset({"resource", "audience"})
@@ -92,7 +97,9 @@ class IssuerService:
             settings.secret_grace_period,
         )
         replay: ReplayStore = (
-            MemoryReplayStore() if settings.workers == 1 else DatabaseReplayStore(self.db)
+            MemoryReplayStore()
+            if settings.workers == 1
+            else DatabaseReplayStore(self.db)
         )
         self.authenticator = ClientAuthenticator(
             self.clients,
@@ -105,7 +112,11 @@ class IssuerService:
         self.scheme = load_scheme()
         self.assessor = Assessor(self.scheme)
         if policy is None:
-            policy = Policy.load(settings.policy_file) if settings.policy_file else Policy.empty()
+            policy = (
+                Policy.load(settings.policy_file)
+                if settings.policy_file
+                else Policy.empty()
+            )
         self.policy = policy
         self.trust = TrustSources(
             settings.trust_sources,
@@ -157,7 +168,9 @@ class IssuerService:
                 }
             },
         )
-        self.audit.write(entry, decision="refused", error=exc.error, reasons=[exc.detail])
+        self.audit.write(
+            entry, decision="refused", error=exc.error, reasons=[exc.detail]
+        )
 
     def _issue(
         self,
@@ -182,7 +195,9 @@ class IssuerService:
         requested = _request_requirement(single)
 
         if grant_type == GRANT_CLIENT_CREDENTIALS:
-            grant = _Grant(client.subject, rate_client_credential(auth.method), [], None, None)
+            grant = _Grant(
+                client.subject, rate_client_credential(auth.method), [], None, None
+            )
         else:
             grant = self._token_exchange(auth, single, entry, now_f)
         entry.subject = grant.subject
@@ -240,7 +255,9 @@ class IssuerService:
             body["issued_token_type"] = grant.issued_token_type
         return TokenResponse(body, claims["jti"])
 
-    def _assess(self, declared: Mapping[str, int], grant: _Grant, now: int) -> Assessment:
+    def _assess(
+        self, declared: Mapping[str, int], grant: _Grant, now: int
+    ) -> Assessment:
         return self.assessor.assess(
             evidence=grant.evidence,
             credential=grant.credential_rating,
@@ -312,7 +329,9 @@ class IssuerService:
         return list(dict.fromkeys(wanted))
 
     @staticmethod
-    def _audiences(allowed: Sequence[str], params: Mapping[str, Sequence[str]]) -> list[str]:
+    def _audiences(
+        allowed: Sequence[str], params: Mapping[str, Sequence[str]]
+    ) -> list[str]:
         """RFC 8707 ``resource`` and RFC 8693 ``audience``; omitted means the
         client's first registered audience."""
         wanted = [*params.get("resource", ()), *params.get("audience", ())]
@@ -350,20 +369,28 @@ class IssuerService:
         evidence, cred = rate_platform_identity(identity)
         entry.evidence.append(evidence.summary())
         patterns = auth.client.subject_patterns
-        if patterns and not any(fnmatch.fnmatchcase(identity.subject, p) for p in patterns):
-            raise InvalidRequest("subject_token names a subject this client may not use")
+        if patterns and not any(
+            fnmatch.fnmatchcase(identity.subject, p) for p in patterns
+        ):
+            raise InvalidRequest(
+                "subject_token names a subject this client may not use"
+            )
         actor = None
         actor_token = single.get("actor_token")
         if actor_token is not None:
             if single.get("actor_token_type") not in SUBJECT_TOKEN_TYPES:
                 raise InvalidRequest("actor_token_type missing or not supported")
-            actor_identity = self._verify_platform_token(actor_token, "actor_token", now)
+            actor_identity = self._verify_platform_token(
+                actor_token, "actor_token", now
+            )
             actor = {"sub": actor_identity.subject}
         elif "actor_token_type" in single:
             raise InvalidRequest("actor_token_type given without actor_token")
         return _Grant(identity.subject, cred, [evidence], actor, TOKEN_TYPE_ACCESS)
 
-    def _verify_platform_token(self, token: str, name: str, now: float) -> PlatformIdentity:
+    def _verify_platform_token(
+        self, token: str, name: str, now: float
+    ) -> PlatformIdentity:
         try:
             return self.trust.verify(token, now)
         except EvidenceError as exc:
@@ -418,8 +445,19 @@ class IssuerService:
             return {"active": False}
         out: dict[str, Any] = {"active": True, "token_type": "Bearer"}
         for name in (
-            "scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti",
-            "act", "mial", "maal", "assurance_levels",
+            "scope",
+            "client_id",
+            "sub",
+            "aud",
+            "iss",
+            "exp",
+            "iat",
+            "nbf",
+            "jti",
+            "act",
+            "mial",
+            "maal",
+            "assurance_levels",
         ):
             if name in claims:
                 out[name] = claims[name]
@@ -485,7 +523,9 @@ class IssuerService:
             "revocation_endpoint": f"{self.issuer}/revoke",
             "grant_types_supported": [GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE],
             "token_endpoint_auth_methods_supported": methods,
-            "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+            "token_endpoint_auth_signing_alg_values_supported": list(
+                ASSERTION_ALGORITHMS
+            ),
             "introspection_endpoint_auth_methods_supported": methods,
             "revocation_endpoint_auth_methods_supported": methods,
             "access_token_signing_alg_values_supported": sorted(
@@ -500,7 +540,10 @@ class IssuerService:
                 "maal": list(self.scheme.maal.dimensions),
             },
             "evidence_kinds_supported": [
-                "k8s_sa_token", "github_oidc", "spiffe_jwt_svid", "oidc_token"
+                "k8s_sa_token",
+                "github_oidc",
+                "spiffe_jwt_svid",
+                "oidc_token",
             ],
             "subject_token_types_supported": list(SUBJECT_TOKEN_TYPES),
             "policy_version": self.policy.version,

@@ -185,7 +185,11 @@ class Database:
         except OperationalError as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
         path = self.engine.url.database
-        if self.engine.url.get_backend_name() == "sqlite" and path and path != ":memory:":
+        if (
+            self.engine.url.get_backend_name() == "sqlite"
+            and path
+            and path != ":memory:"
+        ):
             # The file holds client secret hashes: readable by the owner only.
             os.chmod(path, 0o600)
 

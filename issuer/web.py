@@ -28,9 +28,13 @@ _FORM = "application/x-www-form-urlencoded"
 _MAX_FIELDS = 64
 
 
-def _json(body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+def _json(
+    body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
     resp = Response(
-        json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json"
+        json.dumps(body, separators=(",", ":")),
+        status=status,
+        mimetype="application/json",
     )
     for name, value in (headers or {}).items():
         resp.headers[name] = value
@@ -89,7 +93,8 @@ def create_app(service: IssuerService) -> Flask:
             return _error(exc)
         except StoreUnavailable as exc:
             log.warning(
-                "store unavailable", extra={"fields": {"path": request.path, "cause": str(exc)}}
+                "store unavailable",
+                extra={"fields": {"path": request.path, "cause": str(exc)}},
             )
             return _error(ServerUnavailable("the issuer's store is unavailable; retry"))
 
@@ -139,9 +144,11 @@ def create_app(service: IssuerService) -> Flask:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 400
-        code = {404: "not_found", 405: "method_not_allowed", 413: "invalid_request"}.get(
-            status, "invalid_request"
-        )
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "invalid_request",
+        }.get(status, "invalid_request")
         body = {"error": code, "error_description": (exc.name or "").lower()}
         return _json(body, status, _NO_STORE)
 

@@ -20,7 +20,9 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
-K8S_ISSUER = "https://oidc.eks.eu-west-1.amazonaws.com/id/B88E7287E54DB073AC9CDC2FD1BE0969"
+K8S_ISSUER = (
+    "https://oidc.eks.eu-west-1.amazonaws.com/id/B88E7287E54DB073AC9CDC2FD1BE0969"
+)
 K8S_NOW = 1763985600
 GITHUB_NOW = 1674498780
 
@@ -122,7 +124,9 @@ class LiveIssuer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_issuer(home: Path, config: dict[str, Any] | None = None, workers: int = 1) -> LiveIssuer:
+def start_issuer(
+    home: Path, config: dict[str, Any] | None = None, workers: int = 1
+) -> LiveIssuer:
     """Start ``wimse-issuer serve`` and wait until ``/healthz`` answers."""
     port = free_port()
     config_path = None
@@ -137,7 +141,9 @@ def start_issuer(home: Path, config: dict[str, Any] | None = None, workers: int 
     cmd += ["serve", "--port", str(port), "--workers", str(workers)]
     log_path = home / "server.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed when the process ends
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while time.time() < deadline:

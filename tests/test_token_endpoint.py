@@ -339,7 +339,8 @@ def test_policy_file_minimums_refuse_and_admit(
     policy = tmp_path / "policy.toml"
     policy.write_text(
         'version = "p-7"\n[default]\nmin_mial = 1\n'
-        '[[rules]]\nname = "strict-api"\naudience = "https://strict.test"\nmin_mial = 2\n'
+        '[[rules]]\nname = "strict-api"\n'
+        'audience = "https://strict.test"\nmin_mial = 2\n'
     )
     service = make_service(policy_file=str(policy))
     app = create_app(service).test_client()

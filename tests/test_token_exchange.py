@@ -176,7 +176,7 @@ def test_tampered_subject_tokens_are_invalid_request(
         exchange(service, client, token, now)
     assert info.value.error == "invalid_request"
     assert reason in info.value.detail
-    records = service.audit.list(client[0])
+    records = service.audit.recent(client[0])
     assert records[0]["decision"] == "refused"
     assert records[0]["error"] == "invalid_request"
 
@@ -272,4 +272,4 @@ def test_policy_explain_dry_runs_without_auditing(
     assert (result["mial"], result["maal"]) == (2, 1)
     assert result["decision"] == "issue"
     assert any(line.startswith("maal 2 not reached") for line in result["explanation"])
-    assert service.audit.list(client[0]) == []
+    assert service.audit.recent(client[0]) == []

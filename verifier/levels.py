@@ -11,6 +11,7 @@ defines every dimension and rule.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -52,9 +53,7 @@ class Shortfall:
     def describe(self) -> str:
         """Return a short ASCII sentence naming the item and both values."""
         if self.item == "max_age":
-            return (
-                f"appraisal is {self.found}s old, at most {self.required}s allowed"
-            )
+            return f"appraisal is {self.found}s old, at most {self.required}s allowed"
         return f"{self.item} is {self.found}, {self.required} required"
 
 
@@ -138,7 +137,7 @@ class Scheme:
         kind, _, dim = item.partition(".")
         if kind not in KINDS:
             return False
-        return dim in self.table(kind).dimensions  # type: ignore[arg-type]
+        return dim in self.table(kind).dimensions
 
 
 def _load_table(kind: Kind, data: Mapping[str, object], top: int) -> LevelTable:
@@ -155,7 +154,7 @@ def _load_table(kind: Kind, data: Mapping[str, object], top: int) -> LevelTable:
             raise ValueError(f"{kind} row minimum outside 0..{top}")
     # Rows must be nested: each level demands at least what the one below does,
     # otherwise "highest row met" and "stop at the first failing row" differ.
-    for lower, upper in zip(rows, rows[1:], strict=False):
+    for lower, upper in itertools.pairwise(rows):
         if any(upper.get(d, 0) < need for d, need in lower.items()):
             raise ValueError(f"{kind} rows are not nested")
     return LevelTable(kind, dims, rows, top)

@@ -35,7 +35,9 @@ _CLIENT_CREDENTIALS: dict[str, dict[str, Rating]] = {
     "private_key_jwt": {
         "provenance": Rating(1, "public key pinned at registration"),
         "enrollment": Rating(1, "key registered by an operator"),
-        "containment": Rating(1, "private key never leaves the workload; storage not proven"),
+        "containment": Rating(
+            1, "private key never leaves the workload; storage not proven"
+        ),
         "unlocking": Rating(0, "nothing proves who can use the key"),
         "reuse": Rating(1, "one key per client; per-instance keys not proven"),
         "recovery": Rating(1, "an operator registers a new key by hand"),
@@ -49,26 +51,34 @@ _PLATFORM_CREDENTIALS: dict[str, dict[str, Rating]] = {
     "kubernetes": {
         "enrollment": Rating(2, "issued by the cluster to an authenticated pod"),
         "containment": Rating(1, "projected into the pod's in-memory volume"),
-        "unlocking": Rating(1, "readable only inside the pod (orchestrator access control)"),
+        "unlocking": Rating(
+            1, "readable only inside the pod (orchestrator access control)"
+        ),
         "reuse": Rating(1, "bearer token; anyone holding it can replay it"),
         "recovery": Rating(2, "re-issued automatically by the kubelet; short-lived"),
     },
     "github_actions": {
         "enrollment": Rating(2, "issued by GitHub Actions to an authenticated job"),
         "containment": Rating(1, "fetched into the job's process memory"),
-        "unlocking": Rating(1, "needs the job's request token (platform access control)"),
+        "unlocking": Rating(
+            1, "needs the job's request token (platform access control)"
+        ),
         "reuse": Rating(1, "bearer token; anyone holding it can replay it"),
         "recovery": Rating(2, "re-issued on request for each job; short-lived"),
     },
     "spiffe": {
         "enrollment": Rating(2, "issued by the SPIFFE trust domain after attestation"),
         "containment": Rating(1, "delivered in memory by the Workload API"),
-        "unlocking": Rating(2, "released by the Workload API after workload attestation"),
+        "unlocking": Rating(
+            2, "released by the Workload API after workload attestation"
+        ),
         "reuse": Rating(1, "bearer token; anyone holding it can replay it"),
         "recovery": Rating(2, "rotated automatically by the SPIFFE agent"),
     },
     "oidc": {
-        "enrollment": Rating(1, "issued by a configured OIDC issuer; enrollment unknown"),
+        "enrollment": Rating(
+            1, "issued by a configured OIDC issuer; enrollment unknown"
+        ),
         "containment": Rating(0, "storage unknown"),
         "unlocking": Rating(0, "access control unknown"),
         "reuse": Rating(1, "bearer token; anyone holding it can replay it"),

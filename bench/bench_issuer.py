@@ -101,7 +101,10 @@ def run_wrk(
         text=True,
         check=True,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError("wrk printed no Requests/sec line")
+    rps = float(found.group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
@@ -175,9 +178,8 @@ def main() -> None:
                 f"workers={args.workers} connections={args.connections} "
                 f"duration={args.duration}s cpus={os.cpu_count()}"
             )
-            print(
-                f"{'scenario':40} {'tokens/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
-            )
+            header = ("scenario", "tokens/s", "p50 ms", "p99 ms", "errors")
+            print("{:40} {:>10} {:>8} {:>8} {:>7}".format(*header))
             for name, body in scenarios.items():
                 script = lua_script(home / f"s{free_port()}", body, auth)
                 r = run_wrk(url, script, args.duration, args.connections)

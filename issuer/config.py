@@ -64,6 +64,10 @@ class Settings:
     trust_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Number of server worker processes for ``serve``. Default 1.
     workers: int = 1
+    #: Where single-use assertion ids are kept: ``memory``, ``database`` or
+    #: ``auto`` (memory for one worker on SQLite, else the database).
+    #: Default auto.
+    replay_store: str = "auto"
 
     @property
     def home_path(self) -> Path:
@@ -80,6 +84,12 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.home_path / 'wimse-issuer.db'}"
+
+    def uses_memory_replay_store(self) -> bool:
+        """Whether one process may keep single-use ids in its own memory."""
+        if self.replay_store != "auto":
+            return self.replay_store == "memory"
+        return self.workers == 1 and self.resolved_database_url().startswith("sqlite")
 
     def resolved_issuer_url(self) -> str:
         """The issuer identifier, defaulting to ``http://HOST:PORT``."""
@@ -104,6 +114,8 @@ class Settings:
             raise ConfigError("port must be 1..65535")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        if self.replay_store not in ("auto", "memory", "database"):
+            raise ConfigError("replay_store must be auto, memory or database")
         url = self.resolved_issuer_url()
         if not url.startswith(("http://", "https://")) or "?" in url or "#" in url:
             raise ConfigError("issuer_url must be an http(s) URL without query")

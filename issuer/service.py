@@ -98,7 +98,7 @@ class IssuerService:
         )
         replay: ReplayStore = (
             MemoryReplayStore()
-            if settings.workers == 1
+            if settings.uses_memory_replay_store()
             else DatabaseReplayStore(self.db)
         )
         self.authenticator = ClientAuthenticator(

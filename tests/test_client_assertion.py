@@ -227,3 +227,28 @@ def test_registration_refuses_private_or_symmetric_keys(service: Any) -> None:
         service.clients.add("x", jwks={"keys": [{"kty": "oct", "k": "AAAA"}]})
     with pytest.raises(RegistrationError):
         service.clients.add("x", jwks={"keys": []})
+
+
+def test_database_replay_store_is_shared_between_services(make_service: Any) -> None:
+    from issuer.web import create_app
+
+    one = make_service(replay_store="database")
+    two = make_service(replay_store="database")
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwk["kid"] = jwk_thumbprint(jwk)
+    client, _ = one.clients.add("k", jwks={"keys": [jwk]}, audiences=["https://a.test"])
+    token = assertion(client.client_id, key, jwk["kid"])
+    assert request(create_app(one).test_client(), token).status_code == 200
+    resp = request(create_app(two).test_client(), token)
+    assert resp.status_code == 401
+    assert resp.get_json()["error"] == "invalid_client"
+
+
+def test_replay_store_choice_follows_settings() -> None:
+    from issuer.config import Settings
+
+    assert Settings().uses_memory_replay_store()
+    assert not Settings(workers=2).uses_memory_replay_store()
+    assert not Settings(database_url="postgresql://x/y").uses_memory_replay_store()
+    assert not Settings(replay_store="database").uses_memory_replay_store()

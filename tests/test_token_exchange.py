@@ -273,3 +273,79 @@ def test_policy_explain_dry_runs_without_auditing(
     assert result["decision"] == "issue"
     assert any(line.startswith("maal 2 not reached") for line in result["explanation"])
     assert service.audit.recent(client[0]) == []
+
+
+def _spiffe_key() -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    # The published c-spiffe test key is PKCS#8 under a mislabelled
+    # "EC PRIVATE KEY" armour (its SOURCE.md); re-armour it.
+    text = (DATA / "spiffe-jwt-svid" / "ec-secp256k1-priv-key.pem").read_text()
+    body = "".join(line for line in text.splitlines() if "-----" not in line)
+    pem = f"-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n"
+    return serialization.load_pem_private_key(pem.encode(), password=None)
+
+
+def test_spiffe_jwt_svid_signed_with_the_published_test_key(
+    make_service: Any, tmp_path: Any
+) -> None:
+    import time
+
+    from jwt.algorithms import ECAlgorithm
+
+    kid = "ff3c5c96-392e-46ef-a839-6ff16027af78"
+    key = _spiffe_key()
+    jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwk.update(kid=kid, use="jwt-svid")
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(json.dumps({"keys": [jwk]}))
+    service = make_service(
+        trust_sources={
+            "example": {
+                "platform": "spiffe",
+                "trust_domain": "example.com",
+                "jwks_file": str(bundle),
+                "algorithms": ["ES256"],
+            }
+        }
+    )
+    c, secret = service.clients.add("svid", audiences=["https://api.test"])
+    now = int(time.time())
+    svid = jwt.encode(
+        {
+            "sub": "spiffe://example.com/workload1",
+            "aud": ["https://issuer.test"],
+            "iat": now,
+            "exp": now + 300,
+        },
+        key,
+        algorithm="ES256",
+        headers={"kid": kid, "typ": "JWT"},
+    )
+    claims = decode(exchange(service, (c.client_id, secret), svid, now))
+    assert claims["sub"] == "spiffe://example.com/workload1"
+    assert claims["assurance_levels"]["evidence"][0]["kind"] == "spiffe_jwt_svid"
+    assert claims["assurance_levels"]["maal"]["unlocking"] == 2
+    assert claims["mial"] == 2
+    # The real sample has no aud, which the JWT-SVID profile requires.
+    sample = (DATA / "spiffe-jwt-svid" / "c-spiffe-jwtsvid.jwt").read_text().strip()
+    with pytest.raises(InvalidRequest) as info:
+        exchange(service, (c.client_id, secret), sample, now)
+    assert "wrong_audience" in info.value.detail
+
+
+def test_no_token_secret_or_evidence_reaches_the_log(
+    service: Any, client: tuple[str, str], caplog: Any
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    body = exchange(service, client, K8S_TOKEN, K8S_NOW)
+    with pytest.raises(InvalidRequest):
+        exchange(service, client, GITHUB_BAD, GITHUB_NOW)
+    text = caplog.text + " ".join(str(r.__dict__) for r in caplog.records)
+    assert "token issued" in caplog.text
+    for secret in (body["access_token"], client[1], K8S_TOKEN, GITHUB_BAD):
+        assert secret not in text
+    for jwt_text in (body["access_token"], K8S_TOKEN, GITHUB_BAD):
+        assert jwt_text.split(".")[1] not in text  # not even the payload alone

@@ -14,11 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from .storage import AuditRecord, Database
 
 __all__ = ["AuditEntry", "AuditLog"]
+
+_INSERT = insert(AuditRecord)
 
 
 @dataclass
@@ -53,7 +55,7 @@ class AuditLog:
         expires_at: float | None = None,
     ) -> None:
         """Commit one record; raises ``StoreUnavailable`` when it cannot."""
-        record = AuditRecord(
+        record = dict(
             time=time.time(),
             client_id=entry.client_id,
             grant_type=entry.grant_type[:100],
@@ -70,8 +72,8 @@ class AuditLog:
             audience=json.dumps(entry.audience),
             expires_at=expires_at,
         )
-        with self._db.session() as s:
-            s.add(record)
+        with self._db.connection() as conn:
+            conn.execute(_INSERT, record)
 
     def by_jti(self, jti: str) -> dict[str, Any] | None:
         """The record of the token ``jti``, or ``None``."""

@@ -15,10 +15,11 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from .storage import ClientRecord, Database
 
@@ -37,6 +38,17 @@ GRANT_TYPES = (GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE)
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 _SCOPE_TOKEN = re.compile(r"\A[\x21\x23-\x5b\x5d-\x7e]+\Z")
 _PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+
+
+_TABLE = ClientRecord.__table__
+_CLIENT_COLUMNS = (
+    "client_id", "name", "auth_methods", "grant_types", "scopes", "audiences",
+    "subject", "subject_patterns", "declared", "resource_server", "disabled",
+    "jwks", "secret_hash", "previous_secret_hash", "previous_secret_expires_at",
+)  # fmt: skip
+_SELECT_CLIENT = select(*(_TABLE.c[name] for name in _CLIENT_COLUMNS)).where(
+    _TABLE.c.client_id == bindparam("cid")
+)
 
 
 class RegistrationError(ValueError):
@@ -65,22 +77,29 @@ class Client:
 
     @classmethod
     def from_record(cls, rec: ClientRecord) -> Client:
+        return cls.from_row({c: getattr(rec, c) for c in _CLIENT_COLUMNS})
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Client:
+        """Build from a ``clients`` table row (JSON columns still as text)."""
         return cls(
-            client_id=rec.client_id,
-            name=rec.name,
-            auth_methods=tuple(rec.list_field("auth_methods")),
-            grant_types=tuple(rec.list_field("grant_types")),
-            scopes=tuple(rec.list_field("scopes")),
-            audiences=tuple(rec.list_field("audiences")),
-            subject=rec.subject,
-            subject_patterns=tuple(rec.list_field("subject_patterns")),
-            declared={str(k): int(v) for k, v in rec.dict_field("declared").items()},
-            resource_server=rec.resource_server,
-            disabled=rec.disabled,
-            jwks=json.loads(rec.jwks) if rec.jwks else None,
-            secret_hash=rec.secret_hash,
-            previous_secret_hash=rec.previous_secret_hash,
-            previous_secret_expires_at=rec.previous_secret_expires_at,
+            client_id=row["client_id"],
+            name=row["name"],
+            auth_methods=tuple(json.loads(row["auth_methods"])),
+            grant_types=tuple(json.loads(row["grant_types"])),
+            scopes=tuple(json.loads(row["scopes"])),
+            audiences=tuple(json.loads(row["audiences"])),
+            subject=row["subject"],
+            subject_patterns=tuple(json.loads(row["subject_patterns"] or "[]")),
+            declared={
+                str(k): int(v) for k, v in json.loads(row["declared"] or "{}").items()
+            },
+            resource_server=bool(row["resource_server"]),
+            disabled=bool(row["disabled"]),
+            jwks=json.loads(row["jwks"]) if row["jwks"] else None,
+            secret_hash=row["secret_hash"],
+            previous_secret_hash=row["previous_secret_hash"],
+            previous_secret_expires_at=row["previous_secret_expires_at"],
         )
 
     def public_view(self) -> dict[str, Any]:
@@ -163,9 +182,9 @@ class ClientRegistry:
 
     def get(self, client_id: str) -> Client | None:
         """The client, or ``None`` when unknown."""
-        with self._db.session() as s:
-            rec = s.get(ClientRecord, client_id)
-            return Client.from_record(rec) if rec is not None else None
+        with self._db.connection() as conn:
+            row = conn.execute(_SELECT_CLIENT, {"cid": client_id}).mappings().first()
+        return Client.from_row(dict(row)) if row is not None else None
 
     def all(self) -> list[Client]:
         """All clients, by name."""

@@ -26,7 +26,7 @@ from sqlalchemy import (
     event,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -199,6 +199,21 @@ class Database:
         try:
             with self._factory() as session, session.begin():
                 yield session
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A Core connection in a transaction committed when the block ends.
+
+        The hot path (client lookup, audit insert) uses Core statements: the
+        ORM's unit of work costs more than the query itself here.
+        """
+        try:
+            with self.engine.begin() as conn:
+                yield conn
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:

@@ -62,6 +62,10 @@ class Settings:
     policy_file: str = ""
     #: Trust sources for token exchange, by name (see docs/configuration.md).
     trust_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Lifetime of a ``POST /challenge`` nonce, seconds. Default 120.
+    nonce_lifetime: int = 120
+    #: Most outstanding nonces per client; older ones are dropped. Default 16.
+    max_outstanding_nonces: int = 16
     #: Number of server worker processes for ``serve``. Default 1.
     workers: int = 1
     #: Where single-use assertion ids are kept: ``memory``, ``database`` or
@@ -112,6 +116,10 @@ class Settings:
             raise ConfigError("max_assertion_lifetime must be 1..3600 seconds")
         if not 0 < self.port < 65536:
             raise ConfigError("port must be 1..65535")
+        if not 0 < self.nonce_lifetime <= 3600:
+            raise ConfigError("nonce_lifetime must be 1..3600 seconds")
+        if not 0 < self.max_outstanding_nonces <= 1000:
+            raise ConfigError("max_outstanding_nonces must be 1..1000")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         if self.replay_store not in ("auto", "memory", "database"):

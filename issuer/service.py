@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -418,6 +419,32 @@ class IssuerService:
                 detail=f"{text}; rules {', '.join(rules)}",
             )
 
+    # -- freshness -----------------------------------------------------
+
+    def challenge(
+        self,
+        params: Mapping[str, Sequence[str]],
+        authorization: str | None,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """``POST /challenge``: a single-use nonce bound to the caller.
+
+        Evidence that must be fresh (TPM quotes, Nitro documents, attestation
+        results) carries it; the token request names it in ``nonce``.
+        """
+        single = _single_values(params)
+        client = self.authenticator.authenticate(single, authorization).client
+        now = time.time() if now is None else now
+        nonce = secrets.token_urlsafe(32)
+        self.db.issue_nonce(
+            client.client_id,
+            nonce,
+            now,
+            self.settings.nonce_lifetime,
+            self.settings.max_outstanding_nonces,
+        )
+        return {"nonce": nonce, "expires_in": self.settings.nonce_lifetime}
+
     # -- introspection and revocation ----------------------------------
 
     def introspect(
@@ -521,6 +548,7 @@ class IssuerService:
             "jwks_uri": f"{self.issuer}/jwks.json",
             "introspection_endpoint": f"{self.issuer}/introspect",
             "revocation_endpoint": f"{self.issuer}/revoke",
+            "challenge_endpoint": f"{self.issuer}/challenge",
             "grant_types_supported": [GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE],
             "token_endpoint_auth_methods_supported": methods,
             "token_endpoint_auth_signing_alg_values_supported": list(

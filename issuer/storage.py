@@ -20,10 +20,12 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     create_engine,
     delete,
     event,
+    insert,
     select,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -33,6 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 __all__ = [
     "AuditRecord",
     "Base",
+    "ChallengeNonce",
     "ClientRecord",
     "Database",
     "Revocation",
@@ -154,6 +157,21 @@ class UsedJti(Base):
     expires_at: Mapped[float] = mapped_column(Float, index=True)
 
 
+class ChallengeNonce(Base):
+    """A freshness nonce handed to a client by ``POST /challenge``."""
+
+    __tablename__ = "challenge_nonces"
+    __table_args__ = (Index("ix_nonce_client", "client_id", "expires_at"),)
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+_NONCES: Table = ChallengeNonce.__table__  # type: ignore[assignment]
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers work while one worker writes; busy_timeout makes a
     # second writer wait instead of failing at once.
@@ -239,6 +257,46 @@ class Database:
             with self.session() as s:
                 s.execute(delete(UsedJti).where(UsedJti.expires_at < time.time()))
         return True
+
+    def issue_nonce(
+        self, client_id: str, nonce: str, now: float, lifetime: int, cap: int
+    ) -> None:
+        """Store a nonce for ``client_id``; drop expired ones and, beyond
+        ``cap`` outstanding, the oldest."""
+        table = _NONCES
+        with self.connection() as conn:
+            conn.execute(delete(table).where(table.c.expires_at <= now))
+            rows = conn.execute(
+                select(table.c.nonce)
+                .where(table.c.client_id == client_id)
+                .order_by(table.c.issued_at.desc(), table.c.nonce)
+                .offset(max(cap - 1, 0))
+            ).all()
+            if rows:
+                stale = [r.nonce for r in rows]
+                conn.execute(delete(table).where(table.c.nonce.in_(stale)))
+            conn.execute(
+                insert(table).values(
+                    nonce=nonce,
+                    client_id=client_id,
+                    issued_at=now,
+                    expires_at=now + lifetime,
+                )
+            )
+
+    def consume_nonce(self, client_id: str, nonce: str, now: float) -> bool:
+        """Use a nonce once: True only if it was issued to ``client_id``, has
+        not expired and was not used before. Atomic across processes."""
+        table = _NONCES
+        with self.connection() as conn:
+            result = conn.execute(
+                delete(table).where(
+                    table.c.nonce == nonce,
+                    table.c.client_id == client_id,
+                    table.c.expires_at > now,
+                )
+            )
+            return bool(result.rowcount == 1)
 
     def is_revoked(self, jti: str) -> bool:
         """Whether the token with ``jti`` was revoked."""

@@ -52,6 +52,9 @@ def _form() -> dict[str, list[str]]:
     query string, bad encoding or too many fields.
     """
     mimetype = (request.mimetype or "").lower()
+    if not mimetype and not request.content_length and not request.query_string:
+        # An empty POST (e.g. to /challenge) carries no parameters at all.
+        return {}
     if mimetype != _FORM:
         raise InvalidRequest("content type must be application/x-www-form-urlencoded")
     if request.query_string:
@@ -103,6 +106,13 @@ def create_app(service: IssuerService) -> Flask:
         def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Response:
             result = service.token(form, authz)
             return _json(result.body, 200, _NO_STORE)
+
+        return call(handle)
+
+    @app.post("/challenge")
+    def challenge() -> Response:
+        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Response:
+            return _json(service.challenge(form, authz), 200, _NO_STORE)
 
         return call(handle)
 

@@ -5,22 +5,68 @@ digest (never the evidence itself), the ratings with their reasons, the
 levels, the policy version, the decision, the reasons for a refusal and the
 token's ``jti``. The token endpoint commits the record before it answers,
 so no token leaves without one.
+
+Records are hash-chained. Each writer (one per process) keeps its own
+chain, named by a random id: record ``seq`` n carries the digest of record
+n-1 and its own digest over every field, so an edited, inserted or removed
+record breaks the chain (``AuditLog.verify``). Per-writer chains let
+workers and instances write without a global lock. Before old records are
+pruned, a checkpoint signed with the issuer's key records where each chain
+then stood, and verification resumes from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
+import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select
+import jwt
+from sqlalchemy import delete, func, insert, select
 
-from .storage import AuditRecord, Database
+from .storage import AuditCheckpoint, AuditRecord, Database
 
-__all__ = ["AuditEntry", "AuditLog"]
+if TYPE_CHECKING:
+    from .keys import KeyRing
+
+__all__ = ["GENESIS", "AuditEntry", "AuditLog", "ChainProblem", "record_digest"]
 
 _INSERT = insert(AuditRecord)
+GENESIS = "sha-256:" + "0" * 64
+_CHAINED = (
+    "time", "client_id", "grant_type", "subject", "decision", "error", "reasons",
+    "evidence", "ratings", "mial", "maal", "policy_version", "jti", "audience",
+    "expires_at", "chain", "seq",
+)  # fmt: skip
+CHECKPOINT_TYP = "audit-checkpoint+jwt"
+
+
+def record_digest(prev_digest: str, fields: Mapping[str, Any]) -> str:
+    """The chain digest of one record: SHA-256 over the previous digest and
+    the canonical JSON of the chained fields."""
+    values = {name: fields[name] for name in _CHAINED}
+    # Times are stored as floating point; hash them as such so a value read
+    # back from the database digests the same as the one written.
+    for name in ("time", "expires_at"):
+        if values[name] is not None:
+            values[name] = float(values[name])
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    data = f"{prev_digest}\n{canonical}".encode()
+    return "sha-256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    """One place where the audit trail does not verify."""
+
+    chain: str
+    seq: int
+    problem: str
 
 
 @dataclass
@@ -43,6 +89,10 @@ class AuditLog:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._chain = secrets.token_urlsafe(12)
+        self._seq = 0
+        self._prev = GENESIS
+        self._lock = threading.Lock()
 
     def write(
         self,
@@ -55,7 +105,7 @@ class AuditLog:
         expires_at: float | None = None,
     ) -> None:
         """Commit one record; raises ``StoreUnavailable`` when it cannot."""
-        record = dict(
+        record: dict[str, Any] = dict(
             time=time.time(),
             client_id=entry.client_id,
             grant_type=entry.grant_type[:100],
@@ -71,9 +121,19 @@ class AuditLog:
             jti=jti,
             audience=json.dumps(entry.audience),
             expires_at=expires_at,
+            chain=self._chain,
         )
-        with self._db.connection() as conn:
-            conn.execute(_INSERT, record)
+        # The chain advances only once the insert has committed, so a failed
+        # write leaves no gap.
+        with self._lock:
+            seq = self._seq + 1
+            record["seq"] = seq
+            record["prev_digest"] = self._prev
+            digest = record_digest(self._prev, record)
+            record["digest"] = digest
+            with self._db.connection() as conn:
+                conn.execute(_INSERT, record)
+            self._seq, self._prev = seq, digest
 
     def by_jti(self, jti: str) -> dict[str, Any] | None:
         """The record of the token ``jti``, or ``None``."""
@@ -89,3 +149,117 @@ class AuditLog:
             query = query.where(AuditRecord.client_id == client_id)
         with self._db.session() as s:
             return [r.as_dict() for r in s.scalars(query).all()]
+
+    def export(self) -> Iterator[dict[str, Any]]:
+        """Every record, by chain and position, as JSON-ready dicts."""
+        query = select(AuditRecord).order_by(AuditRecord.chain, AuditRecord.seq)
+        with self._db.session() as s:
+            for rec in s.scalars(query).yield_per(500):
+                yield rec.as_dict()
+
+    def checkpoints(self) -> dict[str, AuditCheckpoint]:
+        """The newest checkpoint of each chain."""
+        with self._db.session() as s:
+            rows = s.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).all()
+        return {row.chain: row for row in rows}
+
+    def verify(self, keyring: KeyRing | None = None) -> tuple[int, list[ChainProblem]]:
+        """Check every chain; return the records checked and the problems.
+
+        A chain starts at seq 1 after ``GENESIS``, or right after its newest
+        checkpoint when older records were pruned. With ``keyring`` the
+        checkpoints' signatures are checked too.
+        """
+        problems: list[ChainProblem] = []
+        starts = self.checkpoints()
+        for chain, cp in starts.items():
+            if keyring is not None and not _checkpoint_valid(cp, keyring):
+                problems.append(ChainProblem(chain, cp.seq, "checkpoint signature"))
+        count = 0
+        current = ""
+        seq, prev = 0, GENESIS
+        for rec in self.export():
+            count += 1
+            if rec["chain"] != current:
+                current = rec["chain"]
+                start = starts.get(current)
+                seq, prev = (start.seq, start.digest) if start else (0, GENESIS)
+            if rec["seq"] != seq + 1:
+                problems.append(ChainProblem(current, seq + 1, "missing record"))
+            elif rec["prev_digest"] != prev:
+                problems.append(ChainProblem(current, rec["seq"], "broken link"))
+            raw = {**rec, **{k: _raw(rec[k]) for k in _JSON_FIELDS}}
+            if record_digest(rec["prev_digest"], raw) != rec["digest"]:
+                problems.append(ChainProblem(current, rec["seq"], "record altered"))
+            seq, prev = rec["seq"], rec["digest"]
+        return count, problems
+
+    def prune(self, before: float, keyring: KeyRing) -> int:
+        """Delete records older than ``before`` after writing, per chain, a
+        signed checkpoint at the last record removed. Returns the count."""
+        removed = 0
+        with self._db.session() as s:
+            heads = s.execute(
+                select(AuditRecord.chain, func.max(AuditRecord.seq))
+                .where(AuditRecord.time < before)
+                .group_by(AuditRecord.chain)
+            ).all()
+            for chain, seq in heads:
+                last = s.scalars(
+                    select(AuditRecord).where(
+                        AuditRecord.chain == chain, AuditRecord.seq == seq
+                    )
+                ).one()
+                now = time.time()
+                claims = {
+                    "chain": chain,
+                    "seq": seq,
+                    "digest": last.digest,
+                    "iat": int(now),
+                }
+                s.add(
+                    AuditCheckpoint(
+                        created_at=now,
+                        chain=chain,
+                        seq=seq,
+                        digest=last.digest,
+                        signature=keyring.sign(claims, typ=CHECKPOINT_TYP),
+                    )
+                )
+                result = s.execute(
+                    delete(AuditRecord).where(
+                        AuditRecord.chain == chain, AuditRecord.seq <= seq
+                    )
+                )
+                removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return removed
+
+
+_JSON_FIELDS = ("reasons", "evidence", "ratings", "audience")
+
+
+def _raw(value: Any) -> str:
+    """Re-encode a JSON column exactly as ``write`` stored it."""
+    return json.dumps(value)
+
+
+def _checkpoint_valid(cp: AuditCheckpoint, keyring: KeyRing) -> bool:
+    try:
+        header = jwt.get_unverified_header(cp.signature)
+    except jwt.InvalidTokenError:
+        return False
+    every_key = keyring.keys()
+    key = next((k for k in every_key if k.kid == header.get("kid")), None)
+    if key is None or header.get("typ") != CHECKPOINT_TYP:
+        return False
+    try:
+        claims = jwt.decode(
+            cp.signature, key.private_key.public_key(), algorithms=[key.alg]
+        )
+    except jwt.InvalidTokenError:
+        return False
+    return bool(
+        claims.get("chain") == cp.chain
+        and claims.get("seq") == cp.seq
+        and claims.get("digest") == cp.digest
+    )

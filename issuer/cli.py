@@ -513,3 +513,65 @@ def audit_list(ctx: click.Context, client_id: str | None, limit: int) -> None:
     """List the newest records as JSON lines."""
     for record in _audit_log(_settings(ctx)).recent(client_id, limit):
         click.echo(json.dumps(record, sort_keys=True))
+
+
+@audit.command("verify")
+@click.pass_context
+def audit_verify(ctx: click.Context) -> None:
+    """Check the hash chains and checkpoint signatures; exit 1 on any fault."""
+    settings = _settings(ctx)
+    count, problems = _audit_log(settings).verify(_keyring(settings))
+    for p in problems:
+        click.echo(f"chain {p.chain} seq {p.seq}: {p.problem}")
+    if problems:
+        raise click.ClickException(f"{len(problems)} problems in {count} records")
+    click.echo(f"ok: {count} records verified")
+
+
+@audit.command("export")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default="-",
+    help="File to write (JSON lines). Default: standard output.",
+)
+@click.pass_context
+def audit_export(ctx: click.Context, output: str) -> None:
+    """Write every record as JSON lines, by chain and position."""
+    with click.open_file(output, "w") as fh:
+        for record in _audit_log(_settings(ctx)).export():
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+@audit.command("prune")
+@click.option(
+    "--older-than",
+    "days",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Remove records older than this many days.",
+)
+@click.pass_context
+def audit_prune(ctx: click.Context, days: int) -> None:
+    """Remove old records, keeping each chain checkable from a signed checkpoint."""
+    settings = _settings(ctx)
+    before = time.time() - days * 86400
+    removed = _audit_log(settings).prune(before, _keyring(settings))
+    click.echo(f"removed {removed} records older than {days} days")
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply schema migrations (also done on every start)."""
+    database = Database(_settings(ctx).resolved_database_url())
+    try:
+        database.create_all()
+    except StoreUnavailable as exc:
+        raise click.ClickException(f"database unavailable: {exc}") from None
+    click.echo(f"schema at revision {database.revision()}")

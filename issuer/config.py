@@ -68,10 +68,15 @@ class Settings:
     max_outstanding_nonces: int = 16
     #: Number of server worker processes for ``serve``. Default 1.
     workers: int = 1
-    #: Where single-use assertion ids are kept: ``memory``, ``database`` or
-    #: ``auto`` (memory for one worker on SQLite, else the database).
-    #: Default auto.
+    #: Where single-use ids are kept: ``memory``, ``database``, ``redis`` or
+    #: ``auto`` (redis when ``redis_url`` is set, else memory for one worker
+    #: on SQLite, else the database). Default auto.
     replay_store: str = "auto"
+    #: Redis URL for the shared replay store, e.g. ``redis://127.0.0.1:6379/0``.
+    #: Default: none.
+    redis_url: str = ""
+    #: Prefix of every Redis key this deployment writes. Default ``wimse:``.
+    redis_prefix: str = "wimse:"
 
     @property
     def home_path(self) -> Path:
@@ -89,11 +94,18 @@ class Settings:
             return self.database_url
         return f"sqlite:///{self.home_path / 'wimse-issuer.db'}"
 
+    def resolved_replay_store(self) -> str:
+        """``memory``, ``database`` or ``redis``, resolving ``auto``."""
+        if self.replay_store != "auto":
+            return self.replay_store
+        if self.redis_url:
+            return "redis"
+        single = self.workers == 1 and self.resolved_database_url().startswith("sqlite")
+        return "memory" if single else "database"
+
     def uses_memory_replay_store(self) -> bool:
         """Whether one process may keep single-use ids in its own memory."""
-        if self.replay_store != "auto":
-            return self.replay_store == "memory"
-        return self.workers == 1 and self.resolved_database_url().startswith("sqlite")
+        return self.resolved_replay_store() == "memory"
 
     def resolved_issuer_url(self) -> str:
         """The issuer identifier, defaulting to ``http://HOST:PORT``."""
@@ -122,8 +134,10 @@ class Settings:
             raise ConfigError("max_outstanding_nonces must be 1..1000")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
-        if self.replay_store not in ("auto", "memory", "database"):
-            raise ConfigError("replay_store must be auto, memory or database")
+        if self.replay_store not in ("auto", "memory", "database", "redis"):
+            raise ConfigError("replay_store must be auto, memory, database or redis")
+        if self.replay_store == "redis" and not self.redis_url:
+            raise ConfigError("replay_store redis needs redis_url")
         url = self.resolved_issuer_url()
         if not url.startswith(("http://", "https://")) or "?" in url or "#" in url:
             raise ConfigError("issuer_url must be an http(s) URL without query")

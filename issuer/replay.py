@@ -12,9 +12,14 @@ import threading
 import time
 from typing import Protocol
 
-from .storage import Database
+from .storage import Database, StoreUnavailable
 
-__all__ = ["DatabaseReplayStore", "MemoryReplayStore", "ReplayStore"]
+__all__ = [
+    "DatabaseReplayStore",
+    "MemoryReplayStore",
+    "RedisReplayStore",
+    "ReplayStore",
+]
 
 
 class ReplayStore(Protocol):
@@ -50,6 +55,48 @@ class MemoryReplayStore:
                 return False
             self._seen[key] = expires_at
             return True
+
+
+class RedisReplayStore:
+    """Store shared through Redis: ``SET key 1 NX EXAT expiry`` is atomic, so
+    exactly one worker or instance wins each key. Keys live under
+    ``prefix`` and expire by themselves.
+
+    Redis keeps entries until they expire, so ``started_at`` is 0. A Redis
+    that lost its data (restarted without persistence) forgets used ids:
+    run it with persistence, or accept that assertions issued before the
+    restart may be replayed within their lifetime (at most
+    ``max_assertion_lifetime``).
+    """
+
+    def __init__(self, url: str, prefix: str) -> None:
+        import redis
+
+        self.started_at = 0.0
+        self._prefix = prefix
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2
+        )
+
+    def use_once(self, key: str, expires_at: float) -> bool:
+        import redis
+
+        try:
+            created = self._redis.set(
+                self._prefix + key, b"1", nx=True, exat=max(int(expires_at) + 1, 1)
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return bool(created)
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` when Redis cannot be reached."""
+        import redis
+
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
 
 
 class DatabaseReplayStore:

@@ -43,7 +43,12 @@ from .errors import (
 from .keys import KeyRing, load_or_create_secret_key
 from .platforms import PlatformIdentity, TrustSources
 from .policy import Policy
-from .replay import DatabaseReplayStore, MemoryReplayStore, ReplayStore
+from .replay import (
+    DatabaseReplayStore,
+    MemoryReplayStore,
+    RedisReplayStore,
+    ReplayStore,
+)
 from .storage import Database, Revocation, StoreUnavailable
 
 __all__ = ["IssuerService", "TokenResponse"]
@@ -97,11 +102,15 @@ class IssuerService:
             load_or_create_secret_key(settings.keys_dir),
             settings.secret_grace_period,
         )
-        replay: ReplayStore = (
-            MemoryReplayStore()
-            if settings.uses_memory_replay_store()
-            else DatabaseReplayStore(self.db)
-        )
+        kind = settings.resolved_replay_store()
+        replay: ReplayStore
+        if kind == "redis":
+            replay = RedisReplayStore(settings.redis_url, settings.redis_prefix)
+        elif kind == "database":
+            replay = DatabaseReplayStore(self.db)
+        else:
+            replay = MemoryReplayStore()
+        self.replay = replay
         self.authenticator = ClientAuthenticator(
             self.clients,
             replay,
@@ -578,12 +587,15 @@ class IssuerService:
         }
 
     def check_ready(self) -> None:
-        """Raise ``ServerUnavailable`` when the database cannot be reached."""
+        """Raise ``ServerUnavailable`` when the database or Redis cannot be
+        reached."""
         try:
             with self.db.session() as s:
                 s.get(Revocation, "-")
+            if isinstance(self.replay, RedisReplayStore):
+                self.replay.ping()
         except StoreUnavailable:
-            raise ServerUnavailable("database unavailable") from None
+            raise ServerUnavailable("a backing store is unavailable") from None
 
 
 def _single_values(params: Mapping[str, Sequence[str]]) -> dict[str, str]:

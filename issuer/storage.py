@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -27,12 +28,14 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 __all__ = [
+    "AuditCheckpoint",
     "AuditRecord",
     "Base",
     "ChallengeNonce",
@@ -96,6 +99,7 @@ class AuditRecord(Base):
     __table_args__ = (
         Index("ix_audit_client_time", "client_id", "time"),
         Index("ix_audit_jti", "jti"),
+        Index("ix_audit_chain_seq", "chain", "seq", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -114,6 +118,12 @@ class AuditRecord(Base):
     jti: Mapped[str | None] = mapped_column(String(64), nullable=True)
     audience: Mapped[str] = mapped_column(Text, default="[]")
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: Hash chain (docs/operations.md, audit): each writer process keeps its
+    #: own chain; ``digest`` covers ``prev_digest`` and every field above.
+    chain: Mapped[str] = mapped_column(String(40))
+    seq: Mapped[int] = mapped_column(Integer)
+    prev_digest: Mapped[str] = mapped_column(String(80))
+    digest: Mapped[str] = mapped_column(String(80))
 
     def as_dict(self) -> dict[str, Any]:
         """The record as plain JSON-ready data."""
@@ -134,7 +144,25 @@ class AuditRecord(Base):
             "jti": self.jti,
             "audience": json.loads(self.audience),
             "expires_at": self.expires_at,
+            "chain": self.chain,
+            "seq": self.seq,
+            "prev_digest": self.prev_digest,
+            "digest": self.digest,
         }
+
+
+class AuditCheckpoint(Base):
+    """A signed statement of one audit chain's position, written before
+    records up to it are pruned, so the rest of the chain stays checkable."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    chain: Mapped[str] = mapped_column(String(40), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(80))
+    signature: Mapped[str] = mapped_column(Text)
 
 
 class Revocation(Base):
@@ -197,9 +225,14 @@ class Database:
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_all(self) -> None:
-        """Create missing tables; raises ``StoreUnavailable``."""
+        """Bring the schema to the newest migration; raises ``StoreUnavailable``.
+
+        Runs the Alembic migrations in ``issuer/migrations`` under a lock
+        (PostgreSQL advisory lock; SQLite's write lock), so instances that
+        start together do not race.
+        """
         try:
-            Base.metadata.create_all(self.engine)
+            self.upgrade()
         except OperationalError as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
         path = self.engine.url.database
@@ -210,6 +243,29 @@ class Database:
         ):
             # The file holds client secret hashes: readable by the owner only.
             os.chmod(path, 0o600)
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Run Alembic migrations up to ``revision``."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option(
+            "script_location", str(Path(__file__).resolve().parent / "migrations")
+        )
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Serialise concurrent starts; released at commit.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7405310)"))
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+
+    def revision(self) -> str | None:
+        """The schema's current migration revision, or ``None``."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,0 +1,1 @@
+"""Alembic migrations of the issuer's schema (``wimse-issuer db upgrade``)."""

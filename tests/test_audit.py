@@ -1,0 +1,135 @@
+"""The audit trail: records, hash chains, checkpoints, CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from issuer.cli import main
+
+from .conftest import basic
+
+
+@pytest.fixture
+def issued(service: Any) -> list[str]:
+    client, secret = service.clients.add("a", audiences=["https://api.test"])
+    auth = basic(client.client_id, secret)
+    jtis = []
+    for _ in range(5):
+        jtis.append(service.token({"grant_type": ["client_credentials"]}, auth).jti)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - any refusal is audited
+        service.token({"grant_type": ["client_credentials"], "scope": ["x"]}, auth)
+    return jtis
+
+
+def test_every_decision_is_recorded_and_chained(
+    service: Any, issued: list[str]
+) -> None:
+    count, problems = service.audit.verify(service.keyring)
+    assert (count, problems) == (6, [])
+    record = service.audit.by_jti(issued[2])
+    assert record["seq"] == 3
+    assert record["prev_digest"] == service.audit.by_jti(issued[1])["digest"]
+    refused = service.audit.recent(limit=1)[0]
+    assert (refused["decision"], refused["error"]) == ("refused", "invalid_scope")
+
+
+def test_an_edited_record_is_detected(service: Any, issued: list[str]) -> None:
+    with service.db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_records SET mial = 4 WHERE seq = 2"))
+    _, problems = service.audit.verify()
+    assert [(p.seq, p.problem) for p in problems] == [(2, "record altered")]
+
+
+def test_a_removed_record_is_detected(service: Any, issued: list[str]) -> None:
+    with service.db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_records WHERE seq = 3"))
+    _, problems = service.audit.verify()
+    assert [(p.seq, p.problem) for p in problems] == [(3, "missing record")]
+
+
+def test_a_relinked_record_is_detected(service: Any, issued: list[str]) -> None:
+    with service.db.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE audit_records SET prev_digest = :d WHERE seq = 4"),
+            {"d": "sha-256:" + "1" * 64},
+        )
+    _, problems = service.audit.verify()
+    assert {p.problem for p in problems} == {"broken link", "record altered"}
+
+
+def test_pruning_keeps_the_chain_checkable_from_a_signed_checkpoint(
+    service: Any, issued: list[str]
+) -> None:
+    with service.db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_records SET time = 0 WHERE seq <= 3"))
+    # Editing time broke those records' digests; re-seal them as if written
+    # then, so only pruning is under test.
+    _reseal(service)
+    removed = service.audit.prune(time.time() - 86400, service.keyring)
+    assert removed == 3
+    count, problems = service.audit.verify(service.keyring)
+    assert (count, problems) == (3, [])
+    # A forged checkpoint (digest changed) fails its signature check.
+    with service.db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_checkpoints SET digest = 'sha-256:00'"))
+    _, problems = service.audit.verify(service.keyring)
+    assert "checkpoint signature" in {p.problem for p in problems}
+
+
+def _reseal(service: Any) -> None:
+    from issuer.audit import GENESIS, record_digest
+
+    rows = list(service.audit.export())
+    prev = GENESIS
+    with service.db.engine.begin() as conn:
+        for rec in rows:
+            raw = {
+                **rec,
+                **{
+                    k: json.dumps(rec[k])
+                    for k in ("reasons", "evidence", "ratings", "audience")
+                },
+            }
+            digest = record_digest(prev, raw)
+            conn.execute(
+                text("UPDATE audit_records SET prev_digest=:p, digest=:d WHERE id=:i"),
+                {"p": prev, "d": digest, "i": rec["id"]},
+            )
+            prev = digest
+
+
+def test_cli_verify_export_and_show(service: Any, issued: list[str], home: Any) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["--home", str(home), "audit", "verify"])
+    assert result.exit_code == 0, result.output
+    assert "6 records verified" in result.output
+    result = runner.invoke(main, ["--home", str(home), "audit", "export"])
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [r["seq"] for r in lines] == [1, 2, 3, 4, 5, 6]
+    result = runner.invoke(main, ["--home", str(home), "audit", "show", issued[0]])
+    assert json.loads(result.output)["jti"] == issued[0]
+    with service.db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_records SET subject = 'x' WHERE seq = 5"))
+    result = runner.invoke(main, ["--home", str(home), "audit", "verify"])
+    assert result.exit_code == 1
+    assert "seq 5: record altered" in result.output
+
+
+def test_no_audit_record_means_no_token(service: Any) -> None:
+    from issuer.storage import StoreUnavailable
+
+    client, secret = service.clients.add("b", audiences=["https://api.test"])
+    auth = basic(client.client_id, secret)
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("OperationalError")
+
+    service.audit.write = broken
+    with pytest.raises(StoreUnavailable):
+        service.token({"grant_type": ["client_credentials"]}, auth)

@@ -89,6 +89,10 @@ class RedisReplayStore:
             raise StoreUnavailable(type(exc).__name__) from exc
         return bool(created)
 
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._redis.close()
+
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` when Redis cannot be reached."""
         import redis

@@ -586,6 +586,12 @@ class IssuerService:
             "policy_version": self.policy.version,
         }
 
+    def close(self) -> None:
+        """Release database connections and the Redis client."""
+        self.db.engine.dispose()
+        if isinstance(self.replay, RedisReplayStore):
+            self.replay.close()
+
     def check_ready(self) -> None:
         """Raise ``ServerUnavailable`` when the database or Redis cannot be
         reached."""

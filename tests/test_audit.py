@@ -22,7 +22,7 @@ def issued(service: Any) -> list[str]:
     jtis = []
     for _ in range(5):
         jtis.append(service.token({"grant_type": ["client_credentials"]}, auth).jti)
-    with pytest.raises(Exception):  # noqa: B017, PT011 - any refusal is audited
+    with pytest.raises(Exception):  # noqa: B017 - any refusal is audited
         service.token({"grant_type": ["client_credentials"], "scope": ["x"]}, auth)
     return jtis
 

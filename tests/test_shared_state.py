@@ -1,0 +1,157 @@
+"""Two issuer instances sharing PostgreSQL and Redis on this machine.
+
+Each test run creates its own database and Redis key prefix and removes
+them afterwards; the shared servers are never stopped.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import psycopg
+import pytest
+import redis
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+from issuer.config import Settings
+from issuer.keys import jwk_thumbprint
+from issuer.service import IssuerService
+
+from .conftest import basic
+
+PG = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    name = "wimse_test_" + secrets.token_hex(6)
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    value = "wimse-test-" + secrets.token_hex(6) + ":"
+    yield value
+    client = redis.Redis.from_url(REDIS)
+    keys = list(client.scan_iter(match=value + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def instances(
+    pg_url: str, prefix: str, tmp_path: Path
+) -> Iterator[list[IssuerService]]:
+    """Two services: one database, one Redis, one keys folder, one issuer id."""
+    built = []
+    for _ in range(2):
+        settings = Settings(
+            home=str(tmp_path),
+            issuer_url="https://issuer.shared.test",
+            database_url=pg_url,
+            redis_url=REDIS,
+            redis_prefix=prefix,
+        ).validate()
+        built.append(IssuerService(settings))
+    yield built
+    for service in built:
+        service.close()
+
+
+def test_token_from_one_instance_is_active_on_the_other_until_revoked(
+    instances: list[IssuerService],
+) -> None:
+    one, two = instances
+    client, secret = one.clients.add("shared", audiences=["https://api.test"])
+    auth = basic(client.client_id, secret)
+    token = two.token({"grant_type": ["client_credentials"]}, auth).body["access_token"]
+    assert one.introspect({"token": [token]}, auth)["active"] is True
+    one.revoke({"token": [token]}, auth)
+    assert two.introspect({"token": [token]}, auth) == {"active": False}
+
+
+def test_assertion_used_on_one_instance_is_refused_on_the_other(
+    instances: list[IssuerService],
+) -> None:
+    from issuer.errors import InvalidClient
+
+    one, two = instances
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwk["kid"] = jwk_thumbprint(jwk)
+    client, _ = one.clients.add("k", jwks={"keys": [jwk]}, audiences=["https://a.test"])
+    now = int(time.time())
+    assertion = jwt.encode(
+        {
+            "iss": client.client_id,
+            "sub": client.client_id,
+            "aud": "https://issuer.shared.test",
+            "iat": now,
+            "exp": now + 60,
+            "jti": secrets.token_urlsafe(8),
+        },
+        key,
+        algorithm="ES256",
+        headers={"kid": jwk["kid"]},
+    )
+    params: dict[str, Any] = {
+        "grant_type": ["client_credentials"],
+        "client_assertion_type": [
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        ],
+        "client_assertion": [assertion],
+    }
+    assert one.token(params, None).jti
+    with pytest.raises(InvalidClient):
+        two.token(params, None)
+
+
+def test_audit_trail_is_complete_across_instances(
+    instances: list[IssuerService],
+) -> None:
+    one, two = instances
+    client, secret = one.clients.add("audited", audiences=["https://api.test"])
+    auth = basic(client.client_id, secret)
+    jtis = [
+        svc.token({"grant_type": ["client_credentials"]}, auth).jti
+        for svc in (one, two, one)
+    ]
+    for jti in jtis:
+        assert one.audit.by_jti(jti)["client_id"] == client.client_id
+    count, problems = two.audit.verify(two.keyring)
+    assert problems == []
+    assert count >= 3
+
+
+def test_challenge_nonce_from_one_instance_is_single_use_on_both(
+    instances: list[IssuerService],
+) -> None:
+    one, two = instances
+    client, secret = one.clients.add("nonce", audiences=["https://api.test"])
+    nonce = one.challenge({}, basic(client.client_id, secret))["nonce"]
+    now = time.time()
+    assert two.db.consume_nonce(client.client_id, nonce, now)
+    assert not one.db.consume_nonce(client.client_id, nonce, now)
+
+
+def test_readiness_checks_postgres_and_redis(instances: list[IssuerService]) -> None:
+    instances[0].check_ready()

@@ -66,6 +66,11 @@ class Settings:
     nonce_lifetime: int = 120
     #: Most outstanding nonces per client; older ones are dropped. Default 16.
     max_outstanding_nonces: int = 16
+    #: Requests per second each client may send to /token and /challenge,
+    #: per worker; 0 disables the limit. Default 0.
+    rate_limit: int = 0
+    #: Burst size of the rate limit. Default 20.
+    rate_limit_burst: int = 20
     #: Number of server worker processes for ``serve``. Default 1.
     workers: int = 1
     #: Where single-use ids are kept: ``memory``, ``database``, ``redis`` or
@@ -132,6 +137,8 @@ class Settings:
             raise ConfigError("nonce_lifetime must be 1..3600 seconds")
         if not 0 < self.max_outstanding_nonces <= 1000:
             raise ConfigError("max_outstanding_nonces must be 1..1000")
+        if self.rate_limit < 0 or self.rate_limit_burst < 1:
+            raise ConfigError("rate_limit must be >= 0 and rate_limit_burst >= 1")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         if self.replay_store not in ("auto", "memory", "database", "redis"):

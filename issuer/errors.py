@@ -21,6 +21,7 @@ __all__ = [
     "InvalidScope",
     "InvalidTarget",
     "OAuthError",
+    "RateLimited",
     "ServerUnavailable",
     "UnauthorizedClient",
     "UnsupportedGrantType",
@@ -137,6 +138,24 @@ class ServerUnavailable(OAuthError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "5"}
+
+
+class RateLimited(OAuthError):
+    """A client sent more requests than its rate limit allows (HTTP 429).
+
+    An extension code (RFC 6749 section 8.5); ``Retry-After`` says when to
+    try again.
+    """
+
+    error = "rate_limited"
+    status = 429
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("too many requests for this client")
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class EvidenceError(ValueError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 from verifier.levels import Requirement, load_scheme
 
+from . import metrics
 from .access_token import AccessTokenMinter, read_own_token
 from .assurance import (
     Assessment,
@@ -36,13 +38,15 @@ from .errors import (
     InvalidScope,
     InvalidTarget,
     OAuthError,
+    RateLimited,
     ServerUnavailable,
     UnauthorizedClient,
     UnsupportedGrantType,
 )
 from .keys import KeyRing, load_or_create_secret_key
 from .platforms import PlatformIdentity, TrustSources
-from .policy import Policy
+from .policy import Policy, PolicyError
+from .ratelimit import RateLimiter
 from .replay import (
     DatabaseReplayStore,
     MemoryReplayStore,
@@ -121,6 +125,7 @@ class IssuerService:
         )
         self.scheme = load_scheme()
         self.assessor = Assessor(self.scheme)
+        self._policy_mtime = self._policy_file_mtime()
         if policy is None:
             policy = (
                 Policy.load(settings.policy_file)
@@ -128,6 +133,9 @@ class IssuerService:
                 else Policy.empty()
             )
         self.policy = policy
+        metrics.POLICY_INFO.labels(policy.version).set(1)
+        self._policy_checked = time.monotonic()
+        self.limiter = RateLimiter(settings.rate_limit, settings.rate_limit_burst)
         self.trust = TrustSources(
             settings.trust_sources,
             issuer_url=self.issuer,
@@ -136,6 +144,45 @@ class IssuerService:
         )
         self.minter = AccessTokenMinter(self.keyring, self.issuer)
         self.audit = AuditLog(self.db)
+
+    # -- policy reload ---------------------------------------------------
+
+    def _policy_file_mtime(self) -> int:
+        if not self.settings.policy_file:
+            return 0
+        try:
+            return os.stat(self.settings.policy_file).st_mtime_ns
+        except OSError:
+            return 0
+
+    def reload_policy_if_changed(self) -> None:
+        """Re-read the policy file when it changed (checked at most once a
+        second). An invalid new file is logged and the old policy stays."""
+        now = time.monotonic()
+        if not self.settings.policy_file or now - self._policy_checked < 1.0:
+            return
+        self._policy_checked = now
+        mtime = self._policy_file_mtime()
+        if mtime == self._policy_mtime:
+            return
+        self._policy_mtime = mtime
+        try:
+            policy = Policy.load(self.settings.policy_file, self.scheme)
+        except PolicyError as exc:
+            log.error("policy reload failed", extra={"fields": {"error": str(exc)}})
+            return
+        metrics.POLICY_INFO.remove(self.policy.version)
+        metrics.POLICY_INFO.labels(policy.version).set(1)
+        log.info(
+            "policy reloaded",
+            extra={"fields": {"old": self.policy.version, "new": policy.version}},
+        )
+        self.policy = policy
+
+    def _limit(self, client_id: str) -> None:
+        wait = self.limiter.allow(client_id)
+        if wait:
+            raise RateLimited(wait)
 
     # -- token endpoint -------------------------------------------------
 
@@ -151,9 +198,11 @@ class IssuerService:
         ``OAuthError``; every decision after client authentication is
         audited, and a token is returned only once its record is committed.
         """
+        self.reload_policy_if_changed()
         single = _single_values(params)
         auth = self.authenticator.authenticate(single, authorization)
         client = auth.client
+        self._limit(client.client_id)
         grant_type = single.get("grant_type", "")
         entry = AuditEntry(client.client_id, grant_type or "-", self.policy.version)
         try:
@@ -242,6 +291,9 @@ class IssuerService:
             jti=claims["jti"],
             expires_at=expires_at,
         )
+        metrics.ISSUED.labels(
+            grant_type, str(assessment.mial_level), str(assessment.maal_level)
+        ).inc()
         log.info(
             "token issued",
             extra={
@@ -401,12 +453,17 @@ class IssuerService:
     def _verify_platform_token(
         self, token: str, name: str, now: float
     ) -> PlatformIdentity:
+        started = time.perf_counter()
         try:
-            return self.trust.verify(token, now)
+            identity = self.trust.verify(token, now)
         except EvidenceError as exc:
             raise InvalidRequest(
                 f"{name} rejected: {exc.reason}", detail=f"{name}: {exc.reason}: {exc}"
             ) from None
+        metrics.EVIDENCE_SECONDS.labels(identity.evidence_kind).observe(
+            time.perf_counter() - started
+        )
+        return identity
 
     def _enforce(
         self,
@@ -443,6 +500,7 @@ class IssuerService:
         """
         single = _single_values(params)
         client = self.authenticator.authenticate(single, authorization).client
+        self._limit(client.client_id)
         now = time.time() if now is None else now
         nonce = secrets.token_urlsafe(32)
         self.db.issue_nonce(

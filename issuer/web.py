@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs
@@ -15,6 +16,7 @@ from urllib.parse import parse_qs
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from . import metrics
 from .errors import InvalidRequest, OAuthError, ServerUnavailable
 from .service import IssuerService
 from .storage import StoreUnavailable
@@ -84,6 +86,7 @@ def create_app(service: IssuerService) -> Flask:
     jwks_cache = f"public, max-age={service.settings.jwks_max_age}"
 
     def call(handler: Any) -> Response:
+        started = time.perf_counter()
         try:
             form = _form()
             return handler(form, request.headers.get("Authorization"))  # type: ignore[no-any-return]
@@ -93,13 +96,21 @@ def create_app(service: IssuerService) -> Flask:
                     "request refused",
                     extra={"fields": {"path": request.path, "error": exc.error}},
                 )
+            if request.path == "/token":
+                metrics.REFUSED.labels(exc.error).inc()
             return _error(exc)
         except StoreUnavailable as exc:
             log.warning(
                 "store unavailable",
                 extra={"fields": {"path": request.path, "cause": str(exc)}},
             )
+            if request.path == "/token":
+                metrics.REFUSED.labels(ServerUnavailable.error).inc()
             return _error(ServerUnavailable("the issuer's store is unavailable; retry"))
+        finally:
+            metrics.REQUEST_SECONDS.labels(request.path).observe(
+                time.perf_counter() - started
+            )
 
     @app.post("/token")
     def token() -> Response:
@@ -138,6 +149,10 @@ def create_app(service: IssuerService) -> Flask:
     @app.get("/.well-known/oauth-authorization-server")
     def metadata() -> Response:
         return _json(service.metadata(), 200, {"Cache-Control": "public, max-age=300"})
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        return Response(metrics.render(), mimetype=metrics.CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -7,6 +7,7 @@ port, and stop only those; the machine's shared servers are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -67,10 +68,8 @@ class ThrowawayPostgres:
         self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

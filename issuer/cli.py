@@ -18,7 +18,7 @@ import click
 from .clients import ClientRegistry, RegistrationError
 from .config import ConfigError, Settings, load_settings
 from .errors import EvidenceError
-from .keys import KeyRing, load_or_create_secret_key
+from .keys import KeyRing, SecretHasher
 from .policy import Policy, PolicyError
 from .storage import Database, StoreUnavailable
 
@@ -38,8 +38,8 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
 def _registry(settings: Settings) -> ClientRegistry:
     db = Database(settings.resolved_database_url())
     db.create_all()
-    secret_key = load_or_create_secret_key(settings.keys_dir)
-    return ClientRegistry(db, secret_key, settings.secret_grace_period)
+    hasher = SecretHasher(settings.keys_dir)
+    return ClientRegistry(db, hasher, settings.secret_grace_period)
 
 
 def _echo_json(data: Any) -> None:
@@ -390,6 +390,15 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
         click.echo(
             f"{k['kid']}  {k['alg']}  {k['state']}  not_before={k['not_before']}"
         )
+
+
+@keys.command("rotate-secret-key")
+@click.pass_context
+def keys_rotate_secret_key(ctx: click.Context) -> None:
+    """Add a new client-secret hashing key; old hashes still verify and are
+    re-hashed under the new key when their client next authenticates."""
+    kid = SecretHasher(_settings(ctx).keys_dir).rotate()
+    click.echo(f"added secret hashing key {kid}")
 
 
 @keys.command("rotate")

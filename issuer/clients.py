@@ -9,8 +9,6 @@ grace period.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -21,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, select
 
+from .keys import SecretHasher
 from .storage import ClientRecord, Database
 
 __all__ = [
@@ -152,33 +151,36 @@ def _check_tokens(kind: str, values: list[str]) -> list[str]:
 class ClientRegistry:
     """Client records in the database, and secret checks."""
 
-    def __init__(self, db: Database, secret_key: bytes, grace_period: int) -> None:
+    def __init__(self, db: Database, hasher: SecretHasher, grace_period: int) -> None:
         self._db = db
-        self._secret_key = secret_key
+        self._hasher = hasher
         self._grace = grace_period
 
     def _hash(self, secret: str) -> str:
-        return hmac.new(
-            self._secret_key, secret.encode("utf-8"), hashlib.sha256
-        ).hexdigest()
+        return self._hasher.hash(secret)
 
     def check_secret(
         self, client: Client, secret: str, now: float | None = None
     ) -> bool:
         """Compare ``secret`` with the current and, in its grace period, the
-        previous secret, in constant time."""
+        previous secret, in constant time. A current secret hashed under an
+        older hashing key is re-hashed under the newest one."""
         now = time.time() if now is None else now
-        digest = self._hash(secret)
-        ok = client.secret_hash is not None and hmac.compare_digest(
-            digest, client.secret_hash
-        )
-        prev_ok = (
-            client.previous_secret_hash is not None
-            and client.previous_secret_expires_at is not None
+        ok, rehash = self._hasher.verify(secret, client.secret_hash)
+        in_grace = (
+            client.previous_secret_expires_at is not None
             and client.previous_secret_expires_at > now
-            and hmac.compare_digest(digest, client.previous_secret_hash)
         )
-        return ok or prev_ok
+        prev_ok, _ = self._hasher.verify(secret, client.previous_secret_hash)
+        if ok and rehash:
+            self._rehash(client.client_id, secret)
+        return ok or (prev_ok and in_grace)
+
+    def _rehash(self, client_id: str, secret: str) -> None:
+        with self._db.session() as s:
+            rec = s.get(ClientRecord, client_id)
+            if rec is not None:
+                rec.secret_hash = self._hash(secret)
 
     def get(self, client_id: str) -> Client | None:
         """The client, or ``None`` when unknown."""

@@ -19,6 +19,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -36,9 +37,9 @@ from jwt.algorithms import get_default_algorithms
 
 __all__ = [
     "KeyRing",
+    "SecretHasher",
     "SigningKey",
     "jwk_thumbprint",
-    "load_or_create_secret_key",
 ]
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -96,14 +97,91 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def load_or_create_secret_key(keys_dir: Path) -> bytes:
-    """Return the 32-byte key client secrets are hashed under, creating it once."""
-    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = keys_dir / "secret-hmac.key"
-    with _locked(keys_dir):
-        if not path.exists():
-            _write_private(path, secrets.token_hex(32).encode("ascii"))
-    return bytes.fromhex(path.read_text().strip())
+class SecretHasher:
+    """Keyed hashes of client secrets, under rotatable keys in ``keys/``.
+
+    ``secret-hmac.json`` lists the hashing keys, newest first. A stored hash
+    names the key it was made with (``hmac-sha256:<key id>:<hex>``), so
+    after ``rotate`` old hashes still verify, and ``verify`` tells the caller
+    to re-hash a secret under the newest key once it has been presented.
+    Every process re-reads the file when it changes (checked at most once a
+    second), like the signing keys.
+    """
+
+    def __init__(self, keys_dir: Path) -> None:
+        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = keys_dir / "secret-hmac.json"
+        self._lock = threading.Lock()
+        self._keys: list[tuple[str, bytes]] = []
+        self._mtime_ns = -1
+        self._checked = 0.0
+        with _locked(keys_dir):
+            if not self.path.exists():
+                self._write([self._new_entry()])
+        self._reload(force=True)
+
+    @staticmethod
+    def _new_entry() -> dict[str, Any]:
+        return {
+            "id": secrets.token_hex(4),
+            "key": secrets.token_hex(32),
+            "created": int(time.time()),
+        }
+
+    def _write(self, entries: list[dict[str, Any]]) -> None:
+        _write_private(self.path, json.dumps({"keys": entries}, indent=2).encode())
+
+    def _entries(self) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = json.loads(self.path.read_text())["keys"]
+        return entries
+
+    def _reload(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < 1.0:
+            return
+        self._checked = now
+        mtime = self.path.stat().st_mtime_ns
+        if mtime == self._mtime_ns and not force:
+            return
+        with self._lock:
+            self._keys = [(e["id"], bytes.fromhex(e["key"])) for e in self._entries()]
+            self._mtime_ns = mtime
+
+    def rotate(self) -> str:
+        """Add a newest key; return its id. Old keys stay for old hashes."""
+        with _locked(self.path.parent):
+            entries = [self._new_entry(), *self._entries()]
+            self._write(entries)
+        self._reload(force=True)
+        return str(entries[0]["id"])
+
+    def key_ids(self) -> list[str]:
+        """Key ids, newest first."""
+        self._reload()
+        return [kid for kid, _ in self._keys]
+
+    def hash(self, secret: str) -> str:
+        """Hash ``secret`` under the newest key."""
+        self._reload()
+        kid, key = self._keys[0]
+        return f"hmac-sha256:{kid}:{self._mac(key, secret)}"
+
+    @staticmethod
+    def _mac(key: bytes, secret: str) -> str:
+        return hmac.new(key, secret.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def verify(self, secret: str, stored: str | None) -> tuple[bool, bool]:
+        """Compare in constant time; return (matches, should be re-hashed)."""
+        if stored is None:
+            return False, False
+        self._reload()
+        scheme, _, rest = stored.partition(":")
+        kid, _, digest = rest.partition(":")
+        key = next((k for i, k in self._keys if i == kid), None)
+        if scheme != "hmac-sha256" or key is None:
+            return False, False
+        ok = hmac.compare_digest(self._mac(key, secret), digest)
+        return ok, ok and kid != self._keys[0][0]
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ from .errors import (
     UnauthorizedClient,
     UnsupportedGrantType,
 )
-from .keys import KeyRing, load_or_create_secret_key
+from .keys import KeyRing, SecretHasher
 from .platforms import PlatformIdentity, TrustSources
 from .policy import Policy, PolicyError
 from .ratelimit import RateLimiter
@@ -103,7 +103,7 @@ class IssuerService:
         )
         self.clients = ClientRegistry(
             self.db,
-            load_or_create_secret_key(settings.keys_dir),
+            SecretHasher(settings.keys_dir),
             settings.secret_grace_period,
         )
         kind = settings.resolved_replay_store()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -85,3 +86,19 @@ def test_a_second_process_sees_a_rotation(tmp_path: Path) -> None:
     new = one.rotate()
     two._checked = 0.0  # skip the once-a-second re-read throttle
     assert two.current().kid == new
+
+
+def test_secret_hashing_key_rotation_keeps_old_hashes_and_rehashes(
+    service: Any,
+) -> None:
+    client, secret = service.clients.add("h", audiences=["https://api.test"])
+    old_hash = service.clients.get(client.client_id).secret_hash
+    hasher = service.clients._hasher
+    new_id = hasher.rotate()
+    assert hasher.key_ids()[0] == new_id
+    record = service.clients.get(client.client_id)
+    assert service.clients.check_secret(record, secret)
+    new_hash = service.clients.get(client.client_id).secret_hash
+    assert new_hash != old_hash and new_hash.split(":")[1] == new_id
+    assert not service.clients.check_secret(record, secret + "x")
+    assert stat.S_IMODE(hasher.path.stat().st_mode) == 0o600

@@ -125,21 +125,28 @@ class LiveIssuer:
 
 
 def start_issuer(
-    home: Path, config: dict[str, Any] | None = None, workers: int = 1
+    home: Path,
+    config: dict[str, Any] | None = None,
+    workers: int = 1,
+    name: str = "issuer",
 ) -> LiveIssuer:
-    """Start ``wimse-issuer serve`` and wait until ``/healthz`` answers."""
+    """Start ``wimse-issuer serve`` and wait until ``/healthz`` answers.
+
+    ``name`` keeps the config and log files of several servers sharing one
+    home apart.
+    """
     port = free_port()
     config_path = None
     env = dict(os.environ)
     env.pop("WIMSE_ISSUER_CONFIG", None)
     if config is not None:
-        config_path = home / "issuer.toml"
+        config_path = home / f"{name}.toml"
         config_path.write_text(_toml(config))
     cmd = [sys.executable, "-m", "issuer", "--home", str(home)]
     if config_path is not None:
         cmd += ["--config", str(config_path)]
     cmd += ["serve", "--port", str(port), "--workers", str(workers)]
-    log_path = home / "server.log"
+    log_path = home / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed when the process ends
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home
@@ -193,10 +200,15 @@ def live_issuer(tmp_path: Path) -> Iterator[Callable[..., LiveIssuer]]:
     """Factory starting real issuers; all are stopped after the test."""
     started: list[LiveIssuer] = []
 
-    def start(config: dict[str, Any] | None = None, workers: int = 1) -> LiveIssuer:
-        home = tmp_path / f"issuer{len(started)}"
-        home.mkdir()
-        live = start_issuer(home, config, workers)
+    def start(
+        config: dict[str, Any] | None = None,
+        workers: int = 1,
+        home: Path | None = None,
+    ) -> LiveIssuer:
+        if home is None:
+            home = tmp_path / f"issuer{len(started)}"
+            home.mkdir()
+        live = start_issuer(home, config, workers, name=f"issuer{len(started)}")
         started.append(live)
         return live
 

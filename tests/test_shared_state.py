@@ -155,3 +155,49 @@ def test_challenge_nonce_from_one_instance_is_single_use_on_both(
 
 def test_readiness_checks_postgres_and_redis(instances: list[IssuerService]) -> None:
     instances[0].check_ready()
+
+
+def test_two_issuer_processes_share_state(
+    live_issuer: Any, pg_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """Two real servers on different ports, one issuer identifier, one
+    database, one Redis, one keys folder."""
+    import requests
+
+    home = tmp_path / "shared-home"
+    home.mkdir()
+    config = {
+        "issuer_url": "https://issuer.shared.test",
+        "database_url": pg_url,
+        "redis_url": REDIS,
+        "redis_prefix": prefix,
+    }
+    one = live_issuer(config, home=home)
+    two = live_issuer(config, home=home)
+    assert one.url != two.url
+    reg = one.add_client("procs", "--audience", "https://api.test")
+    auth = (reg["client_id"], reg["client_secret"])
+    resp = requests.post(
+        two.url + "/token",
+        data={"grant_type": "client_credentials"},
+        auth=auth,
+        timeout=10,
+    )
+    token = resp.json()["access_token"]
+    assert jwt.decode(token, options={"verify_signature": False})["iss"] == (
+        "https://issuer.shared.test"
+    )
+
+    def active(live: Any) -> bool:
+        body = requests.post(
+            live.url + "/introspect", data={"token": token}, auth=auth, timeout=10
+        ).json()
+        return bool(body["active"])
+
+    assert active(one) and active(two)
+    resp = requests.post(
+        one.url + "/revoke", data={"token": token}, auth=auth, timeout=10
+    )
+    assert resp.status_code == 200
+    assert not active(two)
+    assert one.cli("audit", "verify").returncode == 0

@@ -151,9 +151,19 @@ def _check_tokens(kind: str, values: list[str]) -> list[str]:
 class ClientRegistry:
     """Client records in the database, and secret checks."""
 
-    def __init__(self, db: Database, hasher: SecretHasher, grace_period: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        hasher: SecretHasher,
+        grace_period: int,
+        cache_seconds: float = 0.0,
+    ) -> None:
         self._db = db
         self._hasher = hasher
+        # Lookups on the token path are cached briefly: a change (disable,
+        # secret rotation, delete) reaches every process within this bound.
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Client | None]] = {}
         self._grace = grace_period
 
     def _hash(self, secret: str) -> str:
@@ -181,9 +191,23 @@ class ClientRegistry:
             rec = s.get(ClientRecord, client_id)
             if rec is not None:
                 rec.secret_hash = self._hash(secret)
+        self._cache.pop(client_id, None)
 
     def get(self, client_id: str) -> Client | None:
-        """The client, or ``None`` when unknown."""
+        """The client, or ``None`` when unknown (cached ``cache_seconds``)."""
+        if self._cache_seconds <= 0:
+            return self._load(client_id)
+        now = time.monotonic()
+        hit = self._cache.get(client_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        client = self._load(client_id)
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[client_id] = (now + self._cache_seconds, client)
+        return client
+
+    def _load(self, client_id: str) -> Client | None:
         with self._db.connection() as conn:
             row = conn.execute(_SELECT_CLIENT, {"cid": client_id}).mappings().first()
         return Client.from_row(dict(row)) if row is not None else None
@@ -292,6 +316,7 @@ class ClientRegistry:
                 rec.secret_hash = self._hash(secret)
             rec.updated_at = time.time()
             client = Client.from_record(rec)
+        self._cache.pop(client_id, None)
         return client, secret
 
     def delete(self, client_id: str) -> None:
@@ -301,3 +326,4 @@ class ClientRegistry:
             if rec is None:
                 raise KeyError(client_id)
             s.delete(rec)
+        self._cache.pop(client_id, None)

@@ -71,6 +71,10 @@ class Settings:
     rate_limit: int = 0
     #: Burst size of the rate limit. Default 20.
     rate_limit_burst: int = 20
+    #: Seconds a client registration is cached per process; a disable,
+    #: delete or secret rotation takes effect within this time. 0 disables
+    #: the cache. Default 1.
+    client_cache_seconds: float = 1.0
     #: Number of server worker processes for ``serve``. Default 1.
     workers: int = 1
     #: Where single-use ids are kept: ``memory``, ``database``, ``redis`` or
@@ -139,6 +143,8 @@ class Settings:
             raise ConfigError("max_outstanding_nonces must be 1..1000")
         if self.rate_limit < 0 or self.rate_limit_burst < 1:
             raise ConfigError("rate_limit must be >= 0 and rate_limit_burst >= 1")
+        if not 0 <= self.client_cache_seconds <= 60:
+            raise ConfigError("client_cache_seconds must be 0..60")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         if self.replay_store not in ("auto", "memory", "database", "redis"):
@@ -163,6 +169,13 @@ def _coerce(name: str, value: object) -> object:
             return int(value)  # type: ignore[call-overload]
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be an integer") from None
+    if kind == "float":
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number")
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number") from None
     if kind == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string")

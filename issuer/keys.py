@@ -42,6 +42,11 @@ __all__ = [
     "jwk_thumbprint",
 ]
 
+#: Seconds between checks of ``state.json`` by a running process.
+RELOAD_INTERVAL = 1
+#: Extra seconds a new key waits before signing, for clock differences.
+PUBLISH_MARGIN = 1
+
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 # RFC 7638 section 3.2: the required members of each key type, which alone
@@ -265,7 +270,7 @@ class KeyRing:
 
     def _reload(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._checked < 1.0:
+        if not force and now - self._checked < RELOAD_INTERVAL:
             return
         self._checked = now
         try:
@@ -292,11 +297,19 @@ class KeyRing:
             self._mtime_ns = mtime
 
     def rotate(self, alg: str | None = None, now: int | None = None) -> str:
-        """Add a key that starts signing one JWKS max-age from now; return its kid."""
+        """Add a key that starts signing after one JWKS max-age plus the
+        reload delay; return its kid.
+
+        Running processes notice the new state within ``RELOAD_INTERVAL``, so
+        the key is published at most that late; a cache filled just before
+        then expires one max-age later. ``PUBLISH_MARGIN`` absorbs clock
+        differences between the issuer and relying parties.
+        """
         now = int(time.time()) if now is None else now
+        lead = self.jwks_max_age + RELOAD_INTERVAL + PUBLISH_MARGIN
         with _locked(self.folder):
             state = self._read_state()
-            kid = self._add_key(alg or self.alg, now + self.jwks_max_age, state)
+            kid = self._add_key(alg or self.alg, now + lead, state)
         self._reload(force=True)
         return kid
 

@@ -105,6 +105,7 @@ class IssuerService:
             self.db,
             SecretHasher(settings.keys_dir),
             settings.secret_grace_period,
+            settings.client_cache_seconds,
         )
         kind = settings.resolved_replay_store()
         replay: ReplayStore

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +70,15 @@ def test_rotation_publishes_before_signing_and_retires_after_expiry(
     old = ring.current().kid
     t0 = ring.keys()[0].not_before + 10
     new = ring.rotate(now=t0)
-    # Published at once, but the old key still signs for one JWKS max-age.
+    # Published at once, but the old key still signs for one JWKS max-age
+    # plus the reload delay and margin (2 s).
+    start = t0 + 300 + 2
     assert {k["kid"] for k in ring.jwks(now=t0)["keys"]} == {old, new}
-    assert ring.current(now=t0 + 299).kid == old
-    assert ring.current(now=t0 + 300).kid == new
+    assert ring.current(now=start - 1).kid == old
+    assert ring.current(now=start).kid == new
     # The old key stays published until its last token (600 s + skew) expired.
-    assert {k["kid"] for k in ring.jwks(now=t0 + 300 + 659)["keys"]} == {old, new}
-    assert {k["kid"] for k in ring.jwks(now=t0 + 300 + 660)["keys"]} == {new}
+    assert {k["kid"] for k in ring.jwks(now=start + 659)["keys"]} == {old, new}
+    assert {k["kid"] for k in ring.jwks(now=start + 660)["keys"]} == {new}
     states = {s["kid"]: s["state"] for s in ring.status(now=t0 + 400)}
     assert states == {old: "retired", new: "signing"}
 
@@ -85,7 +88,8 @@ def test_a_second_process_sees_a_rotation(tmp_path: Path) -> None:
     two = KeyRing(tmp_path, jwks_max_age=0)
     new = one.rotate()
     two._checked = 0.0  # skip the once-a-second re-read throttle
-    assert two.current().kid == new
+    assert new in {k.kid for k in two.published()}
+    assert two.current(now=time.time() + 2).kid == new
 
 
 def test_secret_hashing_key_rotation_keeps_old_hashes_and_rehashes(

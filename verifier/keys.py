@@ -473,6 +473,12 @@ class RemoteKeySource:
             self._refresh(now, expired=False)
             key = self._keys.get(kid)
         if key is None:
+            # Another thread may be fetching right now (it set the last
+            # attempt time, so this one did not fetch); wait for that fetch
+            # and look again rather than refuse a key it is bringing.
+            with self._lock:
+                key = self._keys.get(kid)
+        if key is None:
             if not self._keys:
                 raise KeyFetchError(detail="no key set fetched yet")
             raise UnknownKeyId()

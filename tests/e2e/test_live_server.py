@@ -227,6 +227,7 @@ def test_cli_manages_clients_keys_and_policy(live_issuer: Any, tmp_path: Path) -
         )
         assert resp.status_code == 200
     live.cli("client", "disable", cid)
+    time.sleep(1.1)  # client_cache_seconds: a disable reaches the server within 1 s
     resp = requests.post(
         live.url + "/token",
         data={"grant_type": "client_credentials"},

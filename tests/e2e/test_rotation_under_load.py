@@ -68,7 +68,7 @@ def test_rotation_under_load_rejects_no_valid_token(live_issuer: Any) -> None:
         t.start()
     time.sleep(1.5)
     live.cli("keys", "rotate")
-    time.sleep(5.0)
+    time.sleep(6.0)  # the new key signs 2 s + 2 s after the rotation
     stop.set()
     for t in threads:
         t.join(timeout=15)

@@ -39,6 +39,7 @@ class AccessTokenMinter:
         now: int,
         expires_at: int,
         actor: dict[str, Any] | None = None,
+        cnf: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """The claim set of RFC 9068 section 2.2 plus the assurance claims."""
         claims: dict[str, Any] = {
@@ -55,6 +56,8 @@ class AccessTokenMinter:
             claims["scope"] = " ".join(scopes)
         if actor is not None:
             claims["act"] = actor
+        if cnf is not None:
+            claims["cnf"] = cnf
         claims["mial"] = assessment.mial_level
         claims["maal"] = assessment.maal_level
         claims["assurance_levels"] = assessment.claim(policy_version)

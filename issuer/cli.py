@@ -174,6 +174,11 @@ def _client_options(fn: Any) -> Any:
                 default=None,
                 help="May introspect tokens for its audiences.",
             ),
+            click.option(
+                "--dpop-bound/--no-dpop-bound",
+                default=None,
+                help="Only DPoP-bound tokens (RFC 9449 dpop_bound_access_tokens).",
+            ),
         ]
     ):
         fn = option(fn)
@@ -214,6 +219,7 @@ def client_add(
     declared: tuple[str, ...],
     jwks_file: str | None,
     resource_server: bool | None,
+    dpop_bound: bool | None,
     as_json: bool,
 ) -> None:
     """Register a client; its secret is printed once."""
@@ -229,6 +235,7 @@ def client_add(
             subject_patterns=list(patterns),
             declared=_declared(declared),
             resource_server=bool(resource_server),
+            dpop_bound=bool(dpop_bound),
         )
     except RegistrationError as exc:
         raise click.ClickException(str(exc)) from None
@@ -295,6 +302,7 @@ def client_update(
     declared: tuple[str, ...],
     jwks_file: str | None,
     resource_server: bool | None,
+    dpop_bound: bool | None,
     rotate_secret: bool,
     enable: bool,
     as_json: bool,
@@ -310,6 +318,7 @@ def client_update(
         "declared": _declared(declared) or None,
         "jwks": _load_jwks(jwks_file),
         "resource_server": resource_server,
+        "dpop_bound": dpop_bound,
         "disabled": False if enable else None,
     }
     try:

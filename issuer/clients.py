@@ -42,7 +42,8 @@ _PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 _TABLE = ClientRecord.__table__
 _CLIENT_COLUMNS = (
     "client_id", "name", "auth_methods", "grant_types", "scopes", "audiences",
-    "subject", "subject_patterns", "declared", "resource_server", "disabled",
+    "subject", "subject_patterns", "declared", "resource_server", "dpop_bound",
+    "disabled",
     "jwks", "secret_hash", "previous_secret_hash", "previous_secret_expires_at",
 )  # fmt: skip
 _SELECT_CLIENT = select(*(_TABLE.c[name] for name in _CLIENT_COLUMNS)).where(
@@ -68,6 +69,7 @@ class Client:
     subject_patterns: tuple[str, ...]
     declared: dict[str, int]
     resource_server: bool
+    dpop_bound: bool
     disabled: bool
     jwks: dict[str, Any] | None
     secret_hash: str | None = field(repr=False)
@@ -94,6 +96,7 @@ class Client:
                 str(k): int(v) for k, v in json.loads(row["declared"] or "{}").items()
             },
             resource_server=bool(row["resource_server"]),
+            dpop_bound=bool(row["dpop_bound"]),
             disabled=bool(row["disabled"]),
             jwks=json.loads(row["jwks"]) if row["jwks"] else None,
             secret_hash=row["secret_hash"],
@@ -114,6 +117,7 @@ class Client:
             "subject_patterns": list(self.subject_patterns),
             "declared": self.declared,
             "resource_server": self.resource_server,
+            "dpop_bound_access_tokens": self.dpop_bound,
             "disabled": self.disabled,
             "jwks": self.jwks,
             "has_secret": self.secret_hash is not None,
@@ -230,6 +234,7 @@ class ClientRegistry:
         subject_patterns: list[str] | None = None,
         declared: dict[str, int] | None = None,
         resource_server: bool = False,
+        dpop_bound: bool = False,
         owner: str = "",
     ) -> tuple[Client, str | None]:
         """Register a client; return it and its secret (shown only here).
@@ -266,6 +271,7 @@ class ClientRegistry:
             subject_patterns=subject_patterns or [],
             declared=declared or {},
             resource_server=resource_server,
+            dpop_bound=dpop_bound,
         )
         with self._db.session() as s:
             s.add(rec)

@@ -75,6 +75,11 @@ class Settings:
     #: delete or secret rotation takes effect within this time. 0 disables
     #: the cache. Default 1.
     client_cache_seconds: float = 1.0
+    #: Require a server nonce in every DPoP proof (RFC 9449 section 8).
+    #: Default false.
+    dpop_require_nonce: bool = False
+    #: Longest accepted age of a DPoP proof, seconds. Default 60.
+    dpop_max_age: int = 60
     #: Number of server worker processes for ``serve``. Default 1.
     workers: int = 1
     #: Where single-use ids are kept: ``memory``, ``database``, ``redis`` or
@@ -145,6 +150,8 @@ class Settings:
             raise ConfigError("rate_limit must be >= 0 and rate_limit_burst >= 1")
         if not 0 <= self.client_cache_seconds <= 60:
             raise ConfigError("client_cache_seconds must be 0..60")
+        if not 0 < self.dpop_max_age <= 300:
+            raise ConfigError("dpop_max_age must be 1..300 seconds")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         if self.replay_store not in ("auto", "memory", "database", "redis"):
@@ -169,6 +176,14 @@ def _coerce(name: str, value: object) -> object:
             return int(value)  # type: ignore[call-overload]
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be an integer") from None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false")
     if kind == "float":
         if isinstance(value, bool):
             raise ConfigError(f"{name} must be a number")

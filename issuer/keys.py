@@ -40,6 +40,7 @@ __all__ = [
     "SecretHasher",
     "SigningKey",
     "jwk_thumbprint",
+    "load_or_create_secret",
 ]
 
 #: Seconds between checks of ``state.json`` by a running process.
@@ -187,6 +188,17 @@ class SecretHasher:
             return False, False
         ok = hmac.compare_digest(self._mac(key, secret), digest)
         return ok, ok and kid != self._keys[0][0]
+
+
+def load_or_create_secret(keys_dir: Path, name: str) -> bytes:
+    """A 32-byte random secret kept in ``keys/<name>`` (mode 0600), created
+    on first use and shared by every process using the same folder."""
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = keys_dir / name
+    with _locked(keys_dir):
+        if not path.exists():
+            _write_private(path, secrets.token_hex(32).encode("ascii"))
+    return bytes.fromhex(path.read_text().strip())
 
 
 @contextlib.contextmanager

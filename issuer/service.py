@@ -13,7 +13,7 @@ import os
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from verifier.levels import Requirement, load_scheme
@@ -23,14 +23,28 @@ from .access_token import AccessTokenMinter, read_own_token
 from .assurance import (
     Assessment,
     Assessor,
+    Rating,
     rate_client_credential,
     rate_platform_identity,
 )
-from .assurance.rules import CREDENTIAL_ONLY, bearer_boundary, governance_for
+from .assurance.rules import (
+    CREDENTIAL_ONLY,
+    bearer_boundary,
+    dpop_boundary,
+    governance_for,
+    sender_constrained_reuse,
+)
 from .audit import AuditEntry, AuditLog
 from .clientauth import ASSERTION_ALGORITHMS, AuthenticatedClient, ClientAuthenticator
-from .clients import GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE, ClientRegistry
+from .clients import (
+    GRANT_CLIENT_CREDENTIALS,
+    GRANT_TOKEN_EXCHANGE,
+    Client,
+    ClientRegistry,
+)
 from .config import Settings
+from .dpop import DEFAULT_ALGORITHMS as DPOP_ALGORITHMS
+from .dpop import DPoPVerifier, single_proof
 from .errors import (
     EvidenceError,
     InsufficientAssurance,
@@ -43,7 +57,7 @@ from .errors import (
     UnauthorizedClient,
     UnsupportedGrantType,
 )
-from .keys import KeyRing, SecretHasher
+from .keys import KeyRing, SecretHasher, load_or_create_secret
 from .platforms import PlatformIdentity, TrustSources
 from .policy import Policy, PolicyError
 from .ratelimit import RateLimiter
@@ -73,6 +87,26 @@ class TokenResponse:
 
     body: dict[str, Any]
     jti: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """How an issued token is bound to its holder.
+
+    ``kind`` is ``bearer`` or ``dpop``; ``cnf`` the RFC 7800 confirmation
+    claim, if any; ``boundary`` the MAAL boundary rating it earns.
+    """
+
+    kind: str
+    cnf: dict[str, str] | None
+    boundary: Rating
+
+    @property
+    def token_type(self) -> str:
+        """``DPoP`` for DPoP-bound tokens (RFC 9449 section 5), else
+        ``Bearer``."""
+        return "DPoP" if self.kind == "dpop" else "Bearer"
 
 
 @dataclass
@@ -116,6 +150,16 @@ class IssuerService:
         else:
             replay = MemoryReplayStore()
         self.replay = replay
+        # DPoP nonces are stateless HMACs under a key every instance shares
+        # through keys/ (docs/sender-constraints.md).
+        self.dpop = DPoPVerifier(
+            replay,
+            max_age=settings.dpop_max_age,
+            clock_skew=min(settings.clock_skew, 5),
+            nonce_secret=load_or_create_secret(settings.keys_dir, "dpop-nonce.key"),
+            require_nonce=settings.dpop_require_nonce,
+            shared_replay=kind != "memory" or settings.workers == 1,
+        )
         self.authenticator = ClientAuthenticator(
             self.clients,
             replay,
@@ -192,12 +236,15 @@ class IssuerService:
         params: Mapping[str, Sequence[str]],
         authorization: str | None,
         now: float | None = None,
+        *,
+        dpop: Sequence[str] = (),
     ) -> TokenResponse:
         """Handle a token request (RFC 6749 section 4.4, RFC 8693 section 2).
 
-        ``params`` maps each body parameter to all its values. Raises
-        ``OAuthError``; every decision after client authentication is
-        audited, and a token is returned only once its record is committed.
+        ``params`` maps each body parameter to all its values; ``dpop`` holds
+        the values of every ``DPoP`` header field. Raises ``OAuthError``;
+        every decision after client authentication is audited, and a token
+        is returned only once its record is committed.
         """
         self.reload_policy_if_changed()
         single = _single_values(params)
@@ -207,7 +254,9 @@ class IssuerService:
         grant_type = single.get("grant_type", "")
         entry = AuditEntry(client.client_id, grant_type or "-", self.policy.version)
         try:
-            response = self._issue(auth, single, params, entry, now or time.time())
+            response = self._issue(
+                auth, single, params, entry, now or time.time(), dpop
+            )
         except StoreUnavailable:
             raise
         except OAuthError as exc:
@@ -239,6 +288,7 @@ class IssuerService:
         params: Mapping[str, Sequence[str]],
         entry: AuditEntry,
         now_f: float,
+        dpop: Sequence[str],
     ) -> TokenResponse:
         client = auth.client
         grant_type = single.get("grant_type")
@@ -261,9 +311,10 @@ class IssuerService:
         else:
             grant = self._token_exchange(auth, single, entry, now_f)
         entry.subject = grant.subject
+        binding = self._binding(client, dpop, now_f)
 
         lifetime = self.settings.token_lifetime
-        assessment = self._assess(client.declared, grant, now)
+        assessment = self._assess(client.declared, grant, now, binding)
         entry.mial, entry.maal = assessment.mial_level, assessment.maal_level
         entry.ratings = _ratings_record(assessment)
         self._enforce(assessment, client.client_id, audiences, scopes, requested)
@@ -283,6 +334,7 @@ class IssuerService:
             now=now,
             expires_at=expires_at,
             actor=grant.actor,
+            cnf=binding.cnf,
         )
         token = self.minter.sign(claims)
         self.audit.write(
@@ -309,23 +361,47 @@ class IssuerService:
         )
         body: dict[str, Any] = {
             "access_token": token,
-            "token_type": "Bearer",
+            "token_type": binding.token_type,
             "expires_in": expires_at - now,
         }
         if scopes:
             body["scope"] = " ".join(scopes)
         if grant.issued_token_type:
             body["issued_token_type"] = grant.issued_token_type
-        return TokenResponse(body, claims["jti"])
+        headers = {}
+        if binding.kind == "dpop" and self.dpop.uses_nonces:
+            # RFC 9449 section 8.2: a fresh nonce for the client's next proof.
+            headers["DPoP-Nonce"] = self.dpop.new_nonce(now_f)
+        return TokenResponse(body, claims["jti"], headers)
+
+    def _binding(self, client: Client, dpop: Sequence[str], now: float) -> Binding:
+        """How the issued token is bound: DPoP (RFC 9449) or bearer."""
+        if not dpop:
+            if client.dpop_bound:
+                # RFC 9449 section 5.2: such a client gets no bearer token.
+                raise InvalidRequest("this client must send a DPoP proof")
+            return Binding("bearer", None, bearer_boundary())
+        proof = self.dpop.verify(
+            single_proof(list(dpop)), htm="POST", htu=self.token_endpoint, now=now
+        )
+        return Binding("dpop", {"jkt": proof.jkt}, dpop_boundary(proof, self.dpop))
 
     def _assess(
-        self, declared: Mapping[str, int], grant: _Grant, now: int
+        self,
+        declared: Mapping[str, int],
+        grant: _Grant,
+        now: int,
+        binding: Binding | None = None,
     ) -> Assessment:
+        binding = binding or Binding("bearer", None, bearer_boundary())
+        credential = grant.credential_rating
+        if binding.cnf is not None:
+            credential = sender_constrained_reuse(credential)
         return self.assessor.assess(
             evidence=grant.evidence,
-            credential=grant.credential_rating,
+            credential=credential,
             identity_floor=CREDENTIAL_ONLY,
-            boundary=bearer_boundary(),
+            boundary=binding.boundary,
             governance=governance_for(self.settings.token_lifetime),
             declared=declared,
             now=now,
@@ -538,7 +614,11 @@ class IssuerService:
         serves = caller.resource_server and bool(token_aud & set(caller.audiences))
         if not (own or serves):
             return {"active": False}
-        out: dict[str, Any] = {"active": True, "token_type": "Bearer"}
+        bound = isinstance(claims.get("cnf"), dict) and "jkt" in claims["cnf"]
+        out: dict[str, Any] = {
+            "active": True,
+            "token_type": "DPoP" if bound else "Bearer",
+        }
         for name in (
             "scope",
             "client_id",
@@ -550,6 +630,7 @@ class IssuerService:
             "nbf",
             "jti",
             "act",
+            "cnf",
             "mial",
             "maal",
             "assurance_levels",
@@ -622,6 +703,7 @@ class IssuerService:
             "token_endpoint_auth_signing_alg_values_supported": list(
                 ASSERTION_ALGORITHMS
             ),
+            "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
             "introspection_endpoint_auth_methods_supported": methods,
             "revocation_endpoint_auth_methods_supported": methods,
             "access_token_signing_alg_values_supported": sorted(

@@ -76,6 +76,7 @@ class ClientRecord(Base):
     subject_patterns: Mapped[str] = mapped_column(Text, default="[]")
     declared: Mapped[str] = mapped_column(Text, default="{}")
     resource_server: Mapped[bool] = mapped_column(Boolean, default=False)
+    dpop_bound: Mapped[bool] = mapped_column(Boolean, default=False)
     owner: Mapped[str] = mapped_column(String(200), default="")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)

@@ -115,8 +115,8 @@ def create_app(service: IssuerService) -> Flask:
     @app.post("/token")
     def token() -> Response:
         def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Response:
-            result = service.token(form, authz)
-            return _json(result.body, 200, _NO_STORE)
+            result = service.token(form, authz, dpop=request.headers.getlist("DPoP"))
+            return _json(result.body, 200, {**_NO_STORE, **result.headers})
 
         return call(handle)
 

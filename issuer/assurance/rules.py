@@ -11,14 +11,17 @@ from typing import TYPE_CHECKING
 from .engine import CredentialRating, EvidenceItem, Rating
 
 if TYPE_CHECKING:
+    from ..dpop import DPoPProof, DPoPVerifier
     from ..platforms import PlatformIdentity
 
 __all__ = [
     "CREDENTIAL_ONLY",
     "bearer_boundary",
+    "dpop_boundary",
     "governance_for",
     "rate_client_credential",
     "rate_platform_identity",
+    "sender_constrained_reuse",
 ]
 
 CREDENTIAL_ONLY = Rating(1, "known only by holding a provisioned client credential")
@@ -154,6 +157,31 @@ def rate_platform_identity(
 def bearer_boundary() -> Rating:
     """Boundary of an audience-restricted bearer token."""
     return Rating(1, "bearer token restricted to its audience")
+
+
+def dpop_boundary(proof: DPoPProof, verifier: DPoPVerifier) -> Rating:
+    """Boundary of a DPoP-bound token (docs/levels.md section 3.4).
+
+    3 when the proof could not be replayed anywhere: its ``jti`` went into a
+    store every instance shares, or it carried a server nonce, and proofs
+    live at most 60 s; otherwise 2.
+    """
+    if (proof.replay_checked or proof.nonce_checked) and verifier.max_age <= 60:
+        return Rating(3, "DPoP-bound; the proof was single-use and short-lived")
+    return Rating(2, "DPoP-bound; the proof could be replayed within its window")
+
+
+def sender_constrained_reuse(credential: CredentialRating) -> CredentialRating:
+    """Raise ``reuse`` to 2 for a token bound to the holder's asymmetric key:
+    no relying party holds material that can produce its proofs."""
+    ratings = dict(credential.ratings)
+    current = ratings.get("reuse", Rating(0, "not rated"))
+    if current.value < 2:
+        ratings["reuse"] = Rating(
+            2,
+            "token bound to the holder's asymmetric key (per-instance keys not proven)",
+        )
+    return CredentialRating(credential.kind, ratings)
 
 
 def governance_for(lifetime: int) -> Rating:

@@ -26,6 +26,7 @@ from jwt.algorithms import get_default_algorithms
 
 from .clients import Client, ClientRegistry
 from .errors import InvalidClient, InvalidRequest
+from .keys import jwk_thumbprint
 from .replay import ReplayStore
 
 __all__ = ["ASSERTION_ALGORITHMS", "AuthenticatedClient", "ClientAuthenticator"]
@@ -44,6 +45,8 @@ class AuthenticatedClient:
 
     client: Client
     method: str
+    #: RFC 7638 thumbprint of the key that signed a private_key_jwt assertion.
+    key_thumbprint: str | None = None
 
 
 def _decode_segment(segment: str) -> dict[str, Any]:
@@ -163,13 +166,13 @@ class ClientAuthenticator:
         if params.get("client_id", client_id) != client_id:
             raise InvalidRequest("client_id differs from the assertion subject")
         client = self._usable(client_id, "private_key_jwt")
-        claims = self._verify_signature(token, header, client)
+        claims, jwk = self._verify_signature(token, header, client)
         self._check_claims(claims, client_id)
-        return AuthenticatedClient(client, "private_key_jwt")
+        return AuthenticatedClient(client, "private_key_jwt", jwk_thumbprint(jwk))
 
     def _verify_signature(
         self, token: str, header: Mapping[str, Any], client: Client
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         alg = str(header["alg"])
         kid = header.get("kid")
         keys = [
@@ -202,7 +205,7 @@ class ClientAuthenticator:
                 continue
             except jwt.InvalidTokenError:
                 raise InvalidClient("client assertion is malformed") from None
-            return claims
+            return claims, jwk
         raise InvalidClient("client assertion signature does not verify")
 
     def _check_claims(self, claims: Mapping[str, Any], client_id: str) -> None:

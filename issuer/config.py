@@ -54,8 +54,10 @@ class Settings:
     #: How long an old client secret stays valid after rotation, seconds.
     #: Default 86400.
     secret_grace_period: int = 86400
-    #: Largest accepted request body, bytes. Default 65536.
-    max_body_bytes: int = 65536
+    #: Largest accepted request body, bytes. Default 524288.
+    max_body_bytes: int = 524288
+    #: Largest accepted piece of attestation evidence, bytes. Default 131072.
+    max_evidence_bytes: int = 131072
     #: Largest accepted token or assertion, bytes. Default 16384.
     max_token_bytes: int = 16384
     #: Policy file (TOML). Default: none, which demands MIAL-0 and MAAL-0.

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from verifier.levels import Requirement, Scheme, load_scheme
+
+from .evidence.settings import EvidenceSettings
 
 __all__ = ["Policy", "PolicyError", "PolicyRule"]
 
@@ -65,15 +68,25 @@ class Policy:
     version: str
     default: Requirement
     rules: tuple[PolicyRule, ...]
+    evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
 
     @classmethod
     def empty(cls) -> Policy:
-        """The policy used without a file: demands nothing."""
+        """The policy used without a file: demands nothing, accepts no
+        attestation evidence."""
         return cls("none", Requirement(), ())
 
     @classmethod
-    def load(cls, path: str, scheme: Scheme | None = None) -> Policy:
-        """Read and validate a policy file; raises ``PolicyError``."""
+    def load(
+        cls,
+        path: str,
+        scheme: Scheme | None = None,
+        activation_key: bytes | None = None,
+    ) -> Policy:
+        """Read and validate a policy file; raises ``PolicyError``.
+
+        ``activation_key`` is the issuer's TPM credential-activation key
+        (kept in ``keys/``), used by the ``[evidence.tpm]`` table."""
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
@@ -81,12 +94,23 @@ class Policy:
             raise PolicyError(f"cannot read {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"{path} is not valid TOML: {exc}") from None
-        return cls.from_mapping(data, scheme or load_scheme())
+        return cls.from_mapping(
+            data, scheme or load_scheme(), Path(path).resolve().parent, activation_key
+        )
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], scheme: Scheme) -> Policy:
-        """Build from parsed TOML; raises ``PolicyError``."""
-        unknown = set(data) - {"version", "default", "rules"}
+    def from_mapping(
+        cls,
+        data: Mapping[str, Any],
+        scheme: Scheme,
+        base: Path | None = None,
+        activation_key: bytes | None = None,
+    ) -> Policy:
+        """Build from parsed TOML; raises ``PolicyError``. ``base`` resolves
+        relative paths of the ``evidence`` tables (default: the current
+        directory)."""
+        base = base or Path.cwd()
+        unknown = set(data) - {"version", "default", "rules", "evidence"}
         if unknown:
             raise PolicyError(f"unknown top-level keys {sorted(unknown)}")
         version = data.get("version")
@@ -100,7 +124,14 @@ class Policy:
         if not isinstance(raw_rules, list):
             raise PolicyError("rules must be an array of tables ([[rules]])")
         rules = tuple(_rule(i, raw, scheme) for i, raw in enumerate(raw_rules))
-        return cls(version, default, rules)
+        raw_evidence = data.get("evidence", {})
+        if not isinstance(raw_evidence, Mapping):
+            raise PolicyError("evidence must be a table ([evidence.KIND])")
+        try:
+            evidence = EvidenceSettings.from_mapping(raw_evidence, base, activation_key)
+        except ValueError as exc:
+            raise PolicyError(str(exc)) from None
+        return cls(version, default, rules, evidence)
 
     def requirement_for(
         self, client_id: str, audiences: Iterable[str], scopes: Iterable[str]

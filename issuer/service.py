@@ -7,7 +7,10 @@ Flask layer only parses HTTP and renders results and ``OAuthError``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import fnmatch
+import json
 import logging
 import os
 import secrets
@@ -33,6 +36,7 @@ from .assurance.rules import (
     dpop_boundary,
     governance_for,
     sender_constrained_reuse,
+    upgrade_credential,
 )
 from .audit import AuditEntry, AuditLog
 from .clientauth import ASSERTION_ALGORITHMS, AuthenticatedClient, ClientAuthenticator
@@ -57,6 +61,8 @@ from .errors import (
     UnauthorizedClient,
     UnsupportedGrantType,
 )
+from .evidence.intake import Intake, parse_pieces
+from .evidence.tpm import make_activation_challenge
 from .keys import KeyRing, SecretHasher, load_or_create_secret
 from .platforms import PlatformIdentity, TrustSources
 from .policy import Policy, PolicyError
@@ -78,7 +84,7 @@ TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
 TOKEN_TYPE_ID = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
 SUBJECT_TOKEN_TYPES = (TOKEN_TYPE_JWT, TOKEN_TYPE_ID)
 # Parameters that RFC 8707 and RFC 8693 allow more than once.
-REPEATABLE = frozenset({"resource", "audience"})
+REPEATABLE = frozenset({"resource", "audience", "evidence"})
 
 
 @dataclass(frozen=True)
@@ -170,10 +176,15 @@ class IssuerService:
         )
         self.scheme = load_scheme()
         self.assessor = Assessor(self.scheme)
+        # TPM credential activation secrets are HMACs under this key, kept
+        # in keys/ so every instance recomputes them (docs/evidence.md).
+        self.activation_key = load_or_create_secret(
+            settings.keys_dir, "tpm-activation.key"
+        )
         self._policy_mtime = self._policy_file_mtime()
         if policy is None:
             policy = (
-                Policy.load(settings.policy_file)
+                Policy.load(settings.policy_file, self.scheme, self.activation_key)
                 if settings.policy_file
                 else Policy.empty()
             )
@@ -212,7 +223,9 @@ class IssuerService:
             return
         self._policy_mtime = mtime
         try:
-            policy = Policy.load(self.settings.policy_file, self.scheme)
+            policy = Policy.load(
+                self.settings.policy_file, self.scheme, self.activation_key
+            )
         except PolicyError as exc:
             log.error("policy reload failed", extra={"fields": {"error": str(exc)}})
             return
@@ -312,9 +325,10 @@ class IssuerService:
             grant = self._token_exchange(auth, single, entry, now_f)
         entry.subject = grant.subject
         binding = self._binding(client, dpop, now_f)
+        caps = self._take_evidence(auth, single, params, binding, grant, entry, now_f)
 
         lifetime = self.settings.token_lifetime
-        assessment = self._assess(client.declared, grant, now, binding)
+        assessment = self._assess(client.declared, grant, now, binding, caps)
         entry.mial, entry.maal = assessment.mial_level, assessment.maal_level
         entry.ratings = _ratings_record(assessment)
         self._enforce(assessment, client.client_id, audiences, scopes, requested)
@@ -392,6 +406,7 @@ class IssuerService:
         grant: _Grant,
         now: int,
         binding: Binding | None = None,
+        caps: Mapping[str, Rating] | None = None,
     ) -> Assessment:
         binding = binding or Binding("bearer", None, bearer_boundary())
         credential = grant.credential_rating
@@ -405,7 +420,97 @@ class IssuerService:
             governance=governance_for(self.settings.token_lifetime),
             declared=declared,
             now=now,
+            caps=caps,
         )
+
+    def _take_evidence(
+        self,
+        auth: AuthenticatedClient,
+        single: Mapping[str, str],
+        params: Mapping[str, Sequence[str]],
+        binding: Binding,
+        grant: _Grant,
+        entry: AuditEntry,
+        now: float,
+    ) -> dict[str, Rating]:
+        """Verify the request's attestation evidence (docs/evidence.md) and
+        fold it into ``grant``; return the caps it imposes.
+
+        The nonce is consumed before anything is verified, so a failed
+        attempt still uses it up. Every failure is ``invalid_request``.
+        """
+        values = params.get("evidence", ())
+        if not values:
+            return {}
+        try:
+            pieces = parse_pieces(values, self.settings.max_evidence_bytes)
+            nonce = single.get("nonce")
+            if nonce is not None and not self.db.consume_nonce(
+                auth.client.client_id, nonce, now
+            ):
+                raise EvidenceError(
+                    "nonce_unknown", "nonce unknown, expired, used or not yours"
+                )
+            bound = {
+                k
+                for k in (auth.key_thumbprint, (binding.cnf or {}).get("jkt"))
+                if k is not None
+            }
+            result = Intake(self.policy.evidence).verify(
+                pieces, nonce=nonce, bound_keys=bound, now=now
+            )
+        except EvidenceError as exc:
+            raise InvalidRequest(
+                f"evidence rejected: {exc.reason}",
+                detail=f"evidence: {exc.reason}: {exc}",
+            ) from None
+        entry.evidence.extend(result.summaries)
+        grant.evidence.extend(result.items)
+        if result.maal:
+            grant.credential_rating = upgrade_credential(
+                grant.credential_rating, result.maal
+            )
+        return result.caps
+
+    def tpm_activate(
+        self, params: Mapping[str, Sequence[str]], authorization: str | None
+    ) -> dict[str, str]:
+        """``POST /tpm/activate``: the issuer's half of TPM credential
+        activation (TPM 2.0 Part 1 section 24) for the caller's AK.
+
+        Stateless: the secret is an HMAC under the issuer's activation key,
+        recomputed from each later quote bundle.
+        """
+        single = _single_values(params)
+        client = self.authenticator.authenticate(single, authorization).client
+        self._limit(client.client_id)
+        policy = self.policy.evidence.tpm
+        if policy is None:
+            raise InvalidRequest("TPM evidence is not accepted by this issuer")
+        try:
+            chain = json.loads(single.get("ek_certificates", ""))
+            if not isinstance(chain, list) or not 0 < len(chain) <= 5:
+                raise ValueError
+            ek_certificates = [base64.b64decode(c, validate=True) for c in chain]
+            ek_public = base64.b64decode(single.get("ek_public", ""), validate=True)
+            ak_public = base64.b64decode(single.get("ak_public", ""), validate=True)
+        except (ValueError, TypeError, binascii.Error):
+            raise InvalidRequest(
+                "ek_certificates (JSON array), ek_public and ak_public (base64) needed"
+            ) from None
+        try:
+            challenge = make_activation_challenge(
+                ek_certificates=ek_certificates,
+                ek_public=ek_public,
+                ak_public=ak_public,
+                policy=policy,
+                now=time.time(),
+            )
+        except EvidenceError as exc:
+            raise InvalidRequest(
+                f"activation refused: {exc.reason}", detail=f"activation: {exc}"
+            ) from None
+        return challenge.to_json()
 
     def explain(
         self,
@@ -698,6 +803,7 @@ class IssuerService:
             "introspection_endpoint": f"{self.issuer}/introspect",
             "revocation_endpoint": f"{self.issuer}/revoke",
             "challenge_endpoint": f"{self.issuer}/challenge",
+            "tpm_activation_endpoint": f"{self.issuer}/tpm/activate",
             "grant_types_supported": [GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE],
             "token_endpoint_auth_methods_supported": methods,
             "token_endpoint_auth_signing_alg_values_supported": list(
@@ -722,6 +828,7 @@ class IssuerService:
                 "github_oidc",
                 "spiffe_jwt_svid",
                 "oidc_token",
+                *self.policy.evidence.kinds(),
             ],
             "subject_token_types_supported": list(SUBJECT_TOKEN_TYPES),
             "policy_version": self.policy.version,

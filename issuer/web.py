@@ -127,6 +127,13 @@ def create_app(service: IssuerService) -> Flask:
 
         return call(handle)
 
+    @app.post("/tpm/activate")
+    def tpm_activate() -> Response:
+        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Response:
+            return _json(service.tpm_activate(form, authz), 200, _NO_STORE)
+
+        return call(handle)
+
     @app.post("/introspect")
     def introspect() -> Response:
         def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Response:

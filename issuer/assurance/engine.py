@@ -136,13 +136,16 @@ class Assessor:
         governance: Rating,
         declared: Mapping[str, int],
         now: int,
+        caps: Mapping[str, Rating] | None = None,
     ) -> Assessment:
         """Rate every dimension and derive both overall levels.
 
         ``identity_floor`` is what client authentication alone proves about
         identity (credential-only, MIAL identity_attestation 1). ``declared``
         maps items such as ``"mial.configuration"`` to operator-declared
-        values, which are capped at 1.
+        values, which are capped at 1. ``caps`` maps MIAL dimension names to
+        upper bounds from attestation results (warnings, contraindications);
+        they apply last, so nothing raises a capped dimension again.
         """
         reasons: dict[str, str] = {}
         mial: dict[str, int] = {}
@@ -168,11 +171,18 @@ class Assessor:
 
         self._apply_declared(declared, mial, maal, reasons)
 
-        caps = []
+        applied = []
+        for dim, cap in (caps or {}).items():
+            if dim in mial and cap.value < mial[dim]:
+                mial[dim] = cap.value
+                reasons[f"mial.{dim}"] += f"; capped at {cap.value}: {cap.reason}"
+                applied.append(f"mial.{dim} capped at {cap.value}")
+
+        caps_list = applied
         if maal["recovery"] > maal["enrollment"]:
             maal["recovery"] = maal["enrollment"]
             reasons["maal.recovery"] += "; capped at enrollment"
-            caps.append("maal.recovery capped at enrollment")
+            caps_list.append("maal.recovery capped at enrollment")
 
         return Assessment(
             scheme=self.scheme,
@@ -184,7 +194,7 @@ class Assessor:
             evidence=list(evidence),
             credential=credential.kind,
             appraised_at=now,
-            caps=caps,
+            caps=caps_list,
         )
 
     @staticmethod

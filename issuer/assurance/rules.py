@@ -6,6 +6,7 @@ strings are what ``policy explain``, the audit record and refusals show.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .engine import CredentialRating, EvidenceItem, Rating
@@ -22,6 +23,7 @@ __all__ = [
     "rate_client_credential",
     "rate_platform_identity",
     "sender_constrained_reuse",
+    "upgrade_credential",
 ]
 
 CREDENTIAL_ONLY = Rating(1, "known only by holding a provisioned client credential")
@@ -182,6 +184,18 @@ def sender_constrained_reuse(credential: CredentialRating) -> CredentialRating:
             "token bound to the holder's asymmetric key (per-instance keys not proven)",
         )
     return CredentialRating(credential.kind, ratings)
+
+
+def upgrade_credential(
+    credential: CredentialRating, ratings: Mapping[str, Rating]
+) -> CredentialRating:
+    """Raise the credential's MAAL ratings where key evidence (a TPM2_Certify
+    of the very key the client used) proves more."""
+    merged = dict(credential.ratings)
+    for dim, rating in ratings.items():
+        if rating.value > merged.get(dim, Rating(0, "")).value:
+            merged[dim] = rating
+    return CredentialRating(credential.kind, merged)
 
 
 def governance_for(lifetime: int) -> Rating:

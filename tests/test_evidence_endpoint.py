@@ -1,0 +1,226 @@
+"""Attestation evidence sent with a token request (docs/evidence.md,
+"Sending evidence"): nonces, EAR trust vectors, signed provenance, caps,
+refusals, and the audit record."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from jwt.algorithms import ECAlgorithm
+
+from issuer.errors import InvalidRequest
+
+from .conftest import DATA, basic
+
+EAR = DATA / "ear"
+SLSA = DATA / "slsa-provenance"
+SIGNER = (
+    "https://github.com/github/artifact-attestations-workflows/.github/workflows/"
+    "attest.yml@09b495c3f12c7881b3cc17209a327792065c1a1d"
+)
+CC = ["client_credentials"]
+
+
+@pytest.fixture
+def evidence_service(make_service: Any, tmp_path: Path) -> Any:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f"""
+version = "ev-1"
+[evidence.ear]
+key_files = ["{EAR / "pkey.pem"}"]
+max_age = 300
+[evidence.provenance]
+trusted_root_file = "{SLSA / "trusted-root-public-good.json"}"
+source_repositories = ["https://github.com/malancas/attest-demo"]
+[[evidence.provenance.builders]]
+identity = "{SIGNER}"
+issuer = "https://token.actions.githubusercontent.com"
+builder_id = "https://github.com/actions/runner/github-hosted"
+level = 3
+"""
+    )
+    return make_service(policy_file=str(policy))
+
+
+@pytest.fixture
+def client(evidence_service: Any) -> str:
+    c, secret = evidence_service.clients.add("att", audiences=["https://api.test"])
+    return basic(c.client_id, secret)
+
+
+def mint_ear(nonce: str | None, status: str = "affirming", **vector: int) -> str:
+    claims: dict[str, Any] = json.loads(
+        (EAR / "veraison-ear-ear-claims-tv-ok.json").read_text()
+    )
+    claims["iat"] = int(time.time()) - 5
+    appraisal = claims["submods"]["test"]
+    appraisal["ear.status"] = status
+    if vector:
+        appraisal["ear.trustworthiness-vector"] = {
+            k.replace("_", "-"): v for k, v in vector.items()
+        }
+    if nonce is not None:
+        claims["eat_nonce"] = nonce
+    key = ECAlgorithm.from_jwk((EAR / "veraison-ear-skey.json").read_text())
+    return jwt.encode(claims, key, algorithm="ES256")  # type: ignore[arg-type]
+
+
+def piece(kind: str, value: Any) -> str:
+    return json.dumps({"kind": kind, "value": value})
+
+
+def request(service: Any, auth: str, *pieces: str, nonce: str | None = None) -> Any:
+    params: dict[str, list[str]] = {"grant_type": CC, "evidence": list(pieces)}
+    if nonce is not None:
+        params["nonce"] = [nonce]
+    body = service.token(params, auth).body
+    return jwt.decode(body["access_token"], options={"verify_signature": False})
+
+
+def test_fresh_ear_and_provenance_reach_mial4(
+    evidence_service: Any, client: str
+) -> None:
+    nonce = evidence_service.challenge({}, client)["nonce"]
+    ear_token = mint_ear(
+        nonce,
+        instance_identity=2,
+        hardware=2,
+        executables=2,
+        configuration=2,
+        file_system=2,
+    )
+    bundle = json.loads(
+        (SLSA / "reusable-workflow-attestation.sigstore.json").read_text()
+    )
+    claims = request(
+        evidence_service,
+        client,
+        piece("ear", ear_token),
+        piece("slsa_provenance", bundle),
+        nonce=nonce,
+    )
+    levels = claims["assurance_levels"]
+    assert levels["mial"] == {
+        "identity_attestation": 3,
+        "deployment_environment": 3,
+        "software_integrity": 3,
+        "configuration": 3,
+        "supply_chain": 3,
+    }
+    assert claims["mial"] == 4
+    kinds = [e["kind"] for e in levels["evidence"]]
+    assert kinds == ["ear", "slsa_provenance"]
+    record = evidence_service.audit.by_jti(claims["jti"])
+    assert record["evidence"] == levels["evidence"]
+    assert all(e["digest"].startswith("sha-256:") for e in record["evidence"])
+
+
+def test_warning_status_caps_mial_at_2(evidence_service: Any, client: str) -> None:
+    nonce = evidence_service.challenge({}, client)["nonce"]
+    token = mint_ear(
+        nonce, status="warning", instance_identity=2, hardware=2, executables=2,
+        configuration=2,
+    )  # fmt: skip
+    claims = request(evidence_service, client, piece("ear", token), nonce=nonce)
+    assert claims["mial"] <= 2
+    assert claims["assurance_levels"]["mial"]["configuration"] <= 1
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no-nonce",
+        "wrong-nonce",
+        "reused-nonce",
+        "other-clients-nonce",
+        "contraindicated",
+        "unknown-kind",
+        "not-json",
+        "wrong-shape",
+        "too-many",
+        "tampered-provenance",
+        "signature-by-other-key",
+    ],
+)
+def test_bad_evidence_is_invalid_request_and_audited(
+    evidence_service: Any, client: str, case: str
+) -> None:
+    service = evidence_service
+    nonce = service.challenge({}, client)["nonce"]
+    pieces = [piece("ear", mint_ear(nonce, instance_identity=2))]
+    send_nonce: str | None = nonce
+    if case == "no-nonce":
+        send_nonce = None
+    elif case == "wrong-nonce":
+        pieces = [piece("ear", mint_ear("x" * 43, instance_identity=2))]
+    elif case == "reused-nonce":
+        request(service, client, *pieces, nonce=nonce)
+        pieces = [piece("ear", mint_ear(nonce, instance_identity=2))]
+    elif case == "other-clients-nonce":
+        other, secret = service.clients.add("other", audiences=["https://api.test"])
+        send_nonce = service.challenge({}, basic(other.client_id, secret))["nonce"]
+        pieces = [piece("ear", mint_ear(send_nonce, instance_identity=2))]
+    elif case == "contraindicated":
+        pieces = [piece("ear", mint_ear(nonce, status="contraindicated"))]
+    elif case == "unknown-kind":
+        pieces = [piece("tee_magic", "x")]
+    elif case == "not-json":
+        pieces = ["{not json"]
+    elif case == "wrong-shape":
+        pieces = [json.dumps({"kind": "ear"})]
+    elif case == "too-many":
+        pieces = pieces * 9
+    elif case == "tampered-provenance":
+        text = (SLSA / "reusable-workflow-attestation.sigstore.json").read_text()
+        bundle = json.loads(text)
+        envelope = bundle["dsseEnvelope"]
+        envelope["payload"] = envelope["payload"][:-8] + "AAAAAAA="
+        pieces = [piece("slsa_provenance", bundle)]
+    elif case == "signature-by-other-key":
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        claims = jwt.decode(
+            mint_ear(nonce, instance_identity=2), options={"verify_signature": False}
+        )
+        token = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), "ES256")
+        pieces = [piece("ear", token)]
+    with pytest.raises(InvalidRequest) as info:
+        request(service, client, *pieces, nonce=send_nonce)
+    assert info.value.error == "invalid_request"
+    record = service.audit.recent(limit=1)[0]
+    assert (record["decision"], record["error"]) == ("refused", "invalid_request")
+
+
+def test_evidence_is_not_accepted_without_configuration(
+    service: Any,
+) -> None:
+    c, secret = service.clients.add("plain", audiences=["https://api.test"])
+    auth = basic(c.client_id, secret)
+    nonce = service.challenge({}, auth)["nonce"]
+    with pytest.raises(InvalidRequest) as info:
+        request(service, auth, piece("ear", mint_ear(nonce)), nonce=nonce)
+    assert "kind_not_accepted" in info.value.detail
+
+
+def test_policy_check_reports_bad_evidence_tables(tmp_path: Path) -> None:
+    from issuer.policy import Policy, PolicyError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('version = "x"\n[evidence.ear]\nkey_files = ["missing.pem"]\n')
+    with pytest.raises(PolicyError, match=r"evidence\.ear"):
+        Policy.load(str(bad))
+    bad.write_text('version = "x"\n[evidence.tee]\nx = 1\n')
+    with pytest.raises(PolicyError, match="unknown keys"):
+        Policy.load(str(bad))
+
+
+def test_metadata_lists_configured_evidence_kinds(evidence_service: Any) -> None:
+    kinds = evidence_service.metadata()["evidence_kinds_supported"]
+    assert "ear" in kinds and "slsa_provenance" in kinds
+    assert "tpm_quote" not in kinds

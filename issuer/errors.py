@@ -21,6 +21,7 @@ __all__ = [
     "InvalidScope",
     "InvalidTarget",
     "OAuthError",
+    "PayloadTooLarge",
     "RateLimited",
     "ServerUnavailable",
     "UnauthorizedClient",
@@ -138,6 +139,13 @@ class ServerUnavailable(OAuthError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "5"}
+
+
+class PayloadTooLarge(OAuthError):
+    """The request body exceeds ``max_body_bytes`` (HTTP 413)."""
+
+    error = "invalid_request"
+    status = 413
 
 
 class RateLimited(OAuthError):

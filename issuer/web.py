@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -17,11 +18,11 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from . import metrics
-from .errors import InvalidRequest, OAuthError, ServerUnavailable
+from .errors import InvalidRequest, OAuthError, PayloadTooLarge, ServerUnavailable
 from .service import IssuerService
 from .storage import StoreUnavailable
 
-__all__ = ["create_app"]
+__all__ = ["TokenFastPath", "create_app", "parse_form", "run_form_endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +31,17 @@ _FORM = "application/x-www-form-urlencoded"
 _MAX_FIELDS = 64
 
 
+_JSON_HEADERS = (("Content-Type", "application/json"),)
+
+
+def _dumps(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def _json(
     body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
-    resp = Response(
-        json.dumps(body, separators=(",", ":")),
-        status=status,
-        mimetype="application/json",
-    )
+    resp = Response(_dumps(body), status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         resp.headers[name] = value
     return resp
@@ -47,21 +51,21 @@ def _error(exc: OAuthError) -> Response:
     return _json(exc.body(), exc.status, {**_NO_STORE, **exc.headers()})
 
 
-def _form() -> dict[str, list[str]]:
+def parse_form(
+    mimetype: str, content_length: int | None, query: bytes, raw: bytes
+) -> dict[str, list[str]]:
     """The urlencoded body as name -> values (RFC 6749 appendix B).
 
     Raises ``InvalidRequest`` for a wrong content type, parameters in the
     query string, bad encoding or too many fields.
     """
-    mimetype = (request.mimetype or "").lower()
-    if not mimetype and not request.content_length and not request.query_string:
+    if not mimetype and not content_length and not query:
         # An empty POST (e.g. to /challenge) carries no parameters at all.
         return {}
     if mimetype != _FORM:
         raise InvalidRequest("content type must be application/x-www-form-urlencoded")
-    if request.query_string:
+    if query:
         raise InvalidRequest("parameters must be sent in the request body")
-    raw = request.get_data(cache=False)
     try:
         text = raw.decode("ascii")
         parsed = parse_qs(
@@ -79,38 +83,134 @@ def _form() -> dict[str, list[str]]:
     return {k: [v for v in vals if v != ""] for k, vals in parsed.items() if any(vals)}
 
 
+Handler = Callable[[Mapping[str, Sequence[str]]], tuple[int, dict[str, str], bytes]]
+
+
+def run_form_endpoint(
+    path: str, parse: Callable[[], dict[str, list[str]]], handler: Handler
+) -> tuple[int, dict[str, str], bytes]:
+    """Parse a form request, run ``handler`` and render every outcome.
+
+    Shared by the Flask routes and the ``/token`` fast path, so both answer
+    alike: OAuth errors as RFC 6749 section 5.2 JSON, an unreachable store
+    as 503 with ``Retry-After``. Updates the request metrics.
+    """
+    started = time.perf_counter()
+    try:
+        return handler(parse())
+    except OAuthError as exc:
+        if exc.status >= 500 or exc.error == "invalid_client":
+            log.info(
+                "request refused", extra={"fields": {"path": path, "error": exc.error}}
+            )
+        if path == "/token":
+            metrics.REFUSED.labels(exc.error).inc()
+        return exc.status, {**_NO_STORE, **exc.headers()}, _dumps(exc.body())
+    except StoreUnavailable as exc:
+        log.warning(
+            "store unavailable", extra={"fields": {"path": path, "cause": str(exc)}}
+        )
+        if path == "/token":
+            metrics.REFUSED.labels(ServerUnavailable.error).inc()
+        err = ServerUnavailable("the issuer's store is unavailable; retry")
+        return err.status, {**_NO_STORE, **err.headers()}, _dumps(err.body())
+    finally:
+        metrics.REQUEST_SECONDS.labels(path).observe(time.perf_counter() - started)
+
+
+class TokenFastPath:
+    """WSGI middleware answering ``POST /token`` without Flask.
+
+    The token endpoint is the hot path; Flask's request and response objects
+    cost more than the issuance itself. Every other request goes to the
+    Flask application.
+    """
+
+    def __init__(self, app: Flask, service: IssuerService) -> None:
+        self.app = app
+        self.service = service
+        self.max_body = service.settings.max_body_bytes
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if (
+            environ.get("PATH_INFO") != "/token"
+            or environ.get("REQUEST_METHOD") != "POST"
+        ):
+            return self.app(environ, start_response)
+        status, headers, body = run_form_endpoint(
+            "/token",
+            lambda: self._form(environ),
+            lambda form: self._token(form, environ),
+        )
+        start_response(
+            f"{status} {HTTPStatus(status).phrase}",
+            [*_JSON_HEADERS, ("Content-Length", str(len(body))), *headers.items()],
+        )
+        return [body]
+
+    def _form(self, environ: Mapping[str, Any]) -> dict[str, list[str]]:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise InvalidRequest("Content-Length is not a number") from None
+        if length > self.max_body or length < 0:
+            raise PayloadTooLarge("request body too large")
+        raw = environ["wsgi.input"].read(length) if length else b""
+        mimetype = (environ.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
+        query = (environ.get("QUERY_STRING") or "").encode("latin-1")
+        return parse_form(mimetype, length, query, raw)
+
+    def _token(
+        self, form: Mapping[str, Sequence[str]], environ: Mapping[str, Any]
+    ) -> tuple[int, dict[str, str], bytes]:
+        dpop = environ.get("HTTP_DPOP")
+        # WSGI folds repeated header fields into one comma-joined value; a
+        # compact JWS has no comma, so splitting restores the fields and the
+        # DPoP module refuses more than one (RFC 9449 section 4.3).
+        proofs = dpop.split(",") if dpop else []
+        result = self.service.token(
+            form, environ.get("HTTP_AUTHORIZATION"), dpop=proofs
+        )
+        return 200, {**_NO_STORE, **result.headers}, _dumps(result.body)
+
+
 def create_app(service: IssuerService) -> Flask:
-    """Build the Flask application around a ready ``IssuerService``."""
+    """Build the Flask application around a ready ``IssuerService``.
+
+    ``wsgi_app`` is wrapped in ``TokenFastPath``; the Flask routes below
+    still serve ``/token`` for callers that use the Flask app directly
+    (``app.test_client()``).
+    """
     app = Flask("issuer")
     app.config["MAX_CONTENT_LENGTH"] = service.settings.max_body_bytes
     jwks_cache = f"public, max-age={service.settings.jwks_max_age}"
 
-    def call(handler: Any) -> Response:
-        started = time.perf_counter()
-        try:
-            form = _form()
-            return handler(form, request.headers.get("Authorization"))  # type: ignore[no-any-return]
-        except OAuthError as exc:
-            if exc.status >= 500 or exc.error == "invalid_client":
-                log.info(
-                    "request refused",
-                    extra={"fields": {"path": request.path, "error": exc.error}},
-                )
-            if request.path == "/token":
-                metrics.REFUSED.labels(exc.error).inc()
-            return _error(exc)
-        except StoreUnavailable as exc:
-            log.warning(
-                "store unavailable",
-                extra={"fields": {"path": request.path, "cause": str(exc)}},
+    def call(
+        handler: Callable[[Mapping[str, Sequence[str]], str | None], Any],
+    ) -> Response:
+        authz = request.headers.get("Authorization")
+
+        def parse() -> dict[str, list[str]]:
+            raw = request.get_data(cache=False)
+            return parse_form(
+                (request.mimetype or "").lower(),
+                request.content_length,
+                request.query_string,
+                raw,
             )
-            if request.path == "/token":
-                metrics.REFUSED.labels(ServerUnavailable.error).inc()
-            return _error(ServerUnavailable("the issuer's store is unavailable; retry"))
-        finally:
-            metrics.REQUEST_SECONDS.labels(request.path).observe(
-                time.perf_counter() - started
-            )
+
+        def run(form: Mapping[str, Sequence[str]]) -> tuple[int, dict[str, str], bytes]:
+            result = handler(form, authz)
+            if isinstance(result, Response):
+                return result.status_code, dict(result.headers), result.get_data()
+            return 200, dict(_NO_STORE), _dumps(result)
+
+        status, headers, body = run_form_endpoint(request.path, parse, run)
+        resp = Response(body, status=status, mimetype="application/json")
+        for name, value in headers.items():
+            if name.lower() != "content-type":
+                resp.headers[name] = value
+        return resp
 
     @app.post("/token")
     def token() -> Response:
@@ -122,22 +222,22 @@ def create_app(service: IssuerService) -> Flask:
 
     @app.post("/challenge")
     def challenge() -> Response:
-        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Response:
-            return _json(service.challenge(form, authz), 200, _NO_STORE)
+        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Any:
+            return service.challenge(form, authz)
 
         return call(handle)
 
     @app.post("/tpm/activate")
     def tpm_activate() -> Response:
-        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Response:
-            return _json(service.tpm_activate(form, authz), 200, _NO_STORE)
+        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Any:
+            return service.tpm_activate(form, authz)
 
         return call(handle)
 
     @app.post("/introspect")
     def introspect() -> Response:
-        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Response:
-            return _json(service.introspect(form, authz), 200, _NO_STORE)
+        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Any:
+            return service.introspect(form, authz)
 
         return call(handle)
 
@@ -190,4 +290,5 @@ def create_app(service: IssuerService) -> Flask:
         log.error("unhandled error", extra={"fields": {"type": type(exc).__name__}})
         return _json({"error": "server_error"}, 500, _NO_STORE)
 
+    app.wsgi_app = TokenFastPath(app.wsgi_app, service)  # type: ignore[method-assign,arg-type]
     return app

@@ -17,6 +17,7 @@ then stood, and verification resumes from it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -27,16 +28,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jwt
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, select
 
-from .storage import AuditCheckpoint, AuditRecord, Database
+from .storage import AuditCheckpoint, AuditRecord, Database, StoreUnavailable
 
 if TYPE_CHECKING:
     from .keys import KeyRing
 
 __all__ = ["GENESIS", "AuditEntry", "AuditLog", "ChainProblem", "record_digest"]
 
-_INSERT = insert(AuditRecord)
 GENESIS = "sha-256:" + "0" * 64
 _CHAINED = (
     "time", "client_id", "grant_type", "subject", "decision", "error", "reasons",
@@ -44,6 +44,19 @@ _CHAINED = (
     "expires_at", "chain", "seq",
 )  # fmt: skip
 CHECKPOINT_TYP = "audit-checkpoint+jwt"
+_COLUMNS = (*_CHAINED, "prev_digest", "digest")
+
+
+def _insert_sql(paramstyle: str) -> str:
+    # Positional placeholders of the DBAPI drivers this issuer supports
+    # (sqlite3: qmark; psycopg: format/pyformat).
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(paramstyle)
+    if mark is None:
+        raise ValueError(f"unsupported database driver paramstyle {paramstyle}")
+    columns = ", ".join(_COLUMNS)
+    marks = ", ".join([mark] * len(_COLUMNS))
+    # Built only from the constant column names above, never from input.
+    return f"INSERT INTO audit_records ({columns}) VALUES ({marks})"  # noqa: S608
 
 
 def record_digest(prev_digest: str, fields: Mapping[str, Any]) -> str:
@@ -93,6 +106,9 @@ class AuditLog:
         self._seq = 0
         self._prev = GENESIS
         self._lock = threading.Lock()
+        self._raw: Any = None
+        self._sql = _insert_sql(db.engine.dialect.paramstyle)
+        self._dbapi_error: type[Exception] = db.engine.dialect.dbapi.Error  # type: ignore[union-attr]
 
     def write(
         self,
@@ -131,9 +147,38 @@ class AuditLog:
             record["prev_digest"] = self._prev
             digest = record_digest(self._prev, record)
             record["digest"] = digest
-            with self._db.connection() as conn:
-                conn.execute(_INSERT, record)
+            self._insert(record)
             self._seq, self._prev = seq, digest
+
+    def _insert(self, record: Mapping[str, Any]) -> None:
+        """Insert and commit through one DBAPI connection kept by this writer.
+
+        The statement is fixed, so the hot path skips SQLAlchemy's per-call
+        work; a failed connection is dropped and reopened on the next write.
+        """
+        try:
+            if self._raw is None:
+                self._raw = self._db.engine.raw_connection()
+            cursor = self._raw.cursor()
+            try:
+                cursor.execute(self._sql, [record[c] for c in _COLUMNS])
+            finally:
+                cursor.close()
+            self._raw.commit()
+        except self._dbapi_error as exc:
+            raw, self._raw = self._raw, None
+            if raw is not None:
+                with contextlib.suppress(Exception):
+                    raw.invalidate()
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    def close(self) -> None:
+        """Close this writer's database connection."""
+        with self._lock:
+            raw, self._raw = self._raw, None
+        if raw is not None:
+            with contextlib.suppress(Exception):
+                raw.close()
 
     def by_jti(self, jti: str) -> dict[str, Any] | None:
         """The record of the token ``jti``, or ``None``."""

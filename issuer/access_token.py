@@ -50,7 +50,8 @@ class AccessTokenMinter:
             "iat": now,
             "nbf": now,
             "exp": expires_at,
-            "jti": secrets.token_urlsafe(16),
+            # Hex, so a jti never starts with "-" and reads as a CLI option.
+            "jti": secrets.token_hex(16),
         }
         if scopes:
             claims["scope"] = " ".join(scopes)

@@ -17,7 +17,7 @@ import click
 
 from .clients import ClientRegistry, RegistrationError
 from .config import ConfigError, Settings, load_settings
-from .errors import EvidenceError
+from .errors import EvidenceError, OAuthError
 from .keys import KeyRing, SecretHasher
 from .policy import Policy, PolicyError
 from .storage import Database, StoreUnavailable
@@ -482,7 +482,7 @@ def policy_explain(
         service = IssuerService(settings)
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from None
-    token = "".join(Path(evidence).read_text().split()) if evidence else None
+    token = Path(evidence).read_text().strip() if evidence else None
     try:
         result = service.explain(
             client_id, subject_token=token, audiences=audiences, scopes=scopes, now=at
@@ -491,6 +491,8 @@ def policy_explain(
         raise click.ClickException(f"no client {client_id}") from None
     except EvidenceError as exc:
         raise click.ClickException(f"evidence rejected: {exc.reason}: {exc}") from None
+    except OAuthError as exc:
+        raise click.ClickException(f"{exc.error}: {exc.description}") from None
     _echo_json(result)
     if result["decision"] != "issue":
         sys.exit(1)

@@ -128,9 +128,10 @@ class ClientAuthenticator:
     def _usable(self, client_id: str, method: str, basic: bool = False) -> Client:
         client = self.registry.get(client_id) if 0 < len(client_id) <= 64 else None
         if client is None or client.disabled or method not in client.auth_methods:
+            state = "unknown" if client is None else "disabled or other method"
             raise InvalidClient(
                 "client authentication failed",
-                detail=f"unknown, disabled or wrong method ({method})",
+                detail=f"client {client_id[:64]!r}: {state} ({method})",
                 basic=basic,
             )
         return client
@@ -141,7 +142,9 @@ class ClientAuthenticator:
         client = self._usable(client_id, method, basic)
         if len(secret) > 512 or not self.registry.check_secret(client, secret):
             raise InvalidClient(
-                "client authentication failed", detail="secret mismatch", basic=basic
+                "client authentication failed",
+                detail=f"client {client_id[:64]!r}: secret mismatch",
+                basic=basic,
             )
         return AuthenticatedClient(client, method)
 

@@ -19,6 +19,8 @@ from typing import Any
 
 from sqlalchemy import bindparam, select
 
+from verifier.levels import load_scheme
+
 from .keys import SecretHasher
 from .storage import ClientRecord, Database
 
@@ -143,6 +145,18 @@ def validate_client_jwks(jwks: object) -> dict[str, Any]:
         if _PRIVATE_MEMBERS & set(key):
             raise RegistrationError("a JWK holds private key material")
     return jwks
+
+
+def _check_declared(values: dict[str, int]) -> dict[str, int]:
+    """Operator declarations: known dimensions, values 0 or 1 (docs/levels.md
+    section 2: what is merely declared never counts above 1)."""
+    scheme = load_scheme()
+    for item, value in values.items():
+        if not scheme.has_dimension(item):
+            raise RegistrationError(f"unknown dimension {item}")
+        if type(value) is not int or value not in (0, 1):
+            raise RegistrationError(f"{item}: declared values are 0 or 1")
+    return dict(values)
 
 
 def _check_tokens(kind: str, values: list[str]) -> list[str]:
@@ -293,7 +307,7 @@ class ClientRegistry:
             elif name == "subject_patterns":
                 rec.subject_patterns = json.dumps(list(value))
             elif name == "declared":
-                rec.declared = json.dumps(value)
+                rec.declared = json.dumps(_check_declared(value))
             elif name == "jwks":
                 rec.jwks = json.dumps(validate_client_jwks(value))
             else:
@@ -318,7 +332,7 @@ class ClientRegistry:
                     raise RegistrationError("this client authenticates with a key")
                 secret = secrets.token_urlsafe(32)
                 rec.previous_secret_hash = rec.secret_hash
-                rec.previous_secret_expires_at = time.time() + self._grace
+                rec.previous_secret_expires_at = float(int(time.time()) + self._grace)
                 rec.secret_hash = self._hash(secret)
             rec.updated_at = time.time()
             client = Client.from_record(rec)

@@ -540,7 +540,11 @@ class IssuerService:
             cred = rate_client_credential(client.auth_methods[0])
             grant = _Grant(client.subject, cred, [], None, None)
         assessment = self._assess(client.declared, grant, int(now_f))
-        auds = list(audiences) or list(client.audiences[:1])
+        # The same checks /token makes, so the dry run cannot approve what
+        # the endpoint refuses; raises InvalidTarget or InvalidScope.
+        auds = self._audiences(client.audiences, {"audience": list(audiences)})
+        if scopes:
+            self._scopes(client.scopes, " ".join(scopes))
         requirement, rules = self.policy.requirement_for(client_id, auds, scopes)
         unmet = requirement.unmet(
             assessment.mial_level, assessment.maal_level, assessment.vectors(), 0
@@ -637,10 +641,15 @@ class IssuerService:
     ) -> PlatformIdentity:
         started = time.perf_counter()
         try:
-            identity = self.trust.verify(token, now)
+            # A compact JWT holds no whitespace; a trailing newline from a
+            # token file is dropped rather than refused.
+            identity = self.trust.verify(token.strip(), now)
         except EvidenceError as exc:
+            # The descriptions of EvidenceError are fixed sentences that never
+            # quote the token, so they can go to the client.
             raise InvalidRequest(
-                f"{name} rejected: {exc.reason}", detail=f"{name}: {exc.reason}: {exc}"
+                f"{name} rejected: {exc.reason}: {exc}",
+                detail=f"{name}: {exc.reason}: {exc}",
             ) from None
         metrics.EVIDENCE_SECONDS.labels(identity.evidence_kind).observe(
             time.perf_counter() - started
@@ -661,7 +670,16 @@ class IssuerService:
             assessment.mial_level, assessment.maal_level, assessment.vectors(), 0
         )
         if unmet:
-            text = "; ".join(s.describe() for s in unmet)
+            parts = []
+            for short in unmet:
+                parts.append(short.describe())
+                if short.item in ("mial", "maal"):
+                    table = self.scheme.table(short.item)  # type: ignore[arg-type]
+                    gaps = table.shortfalls(
+                        assessment.vectors()[short.item], short.required
+                    )
+                    parts.extend(f"  {g.describe()}" for g in gaps)
+            text = "; ".join(p.strip() for p in parts)
             raise InsufficientAssurance(
                 f"{text} (policy {self.policy.version})",
                 detail=f"{text}; rules {', '.join(rules)}",
@@ -715,6 +733,9 @@ class IssuerService:
             return {"active": False}
         aud = claims.get("aud")
         token_aud = set(aud) if isinstance(aud, list) else {aud}
+        holder = self.clients.get(str(claims.get("client_id")))
+        if holder is None or holder.disabled:
+            return {"active": False}
         own = claims.get("client_id") == caller.client_id
         serves = caller.resource_server and bool(token_aud & set(caller.audiences))
         if not (own or serves):

@@ -100,9 +100,10 @@ def run_form_endpoint(
         return handler(parse())
     except OAuthError as exc:
         if exc.status >= 500 or exc.error == "invalid_client":
-            log.info(
-                "request refused", extra={"fields": {"path": path, "error": exc.error}}
-            )
+            # ``detail`` names the client and the failed check, never the
+            # credential itself.
+            fields = {"path": path, "error": exc.error, "reason": exc.detail}
+            log.info("request refused", extra={"fields": fields})
         if path == "/token":
             metrics.REFUSED.labels(exc.error).inc()
         return exc.status, {**_NO_STORE, **exc.headers()}, _dumps(exc.body())

@@ -183,3 +183,11 @@ def test_other_signing_algorithms(make_service: Any, alg: str) -> None:
 def test_readiness_reports_database(client_app: Any) -> None:
     assert client_app.get("/readyz").get_json() == {"status": "ready"}
     assert client_app.get("/healthz").status_code == 200
+
+
+def test_tokens_of_a_disabled_client_are_inactive(
+    client_app: Any, service: Any, parties: Any
+) -> None:
+    service.clients.update(parties["owner_id"], disabled=True)
+    body = introspect(client_app, parties["rs"], parties["token"]).get_json()
+    assert body == {"active": False}

@@ -358,9 +358,16 @@ def test_policy_file_minimums_refuse_and_admit(
     assert "strict-api" in json.loads(rows[-1].reasons)[0]
 
 
-def test_declared_values_reach_the_token_capped(client_app: Any, service: Any) -> None:
+def test_declared_values_reach_the_token_and_above_one_are_refused(
+    client_app: Any, service: Any
+) -> None:
+    from issuer.clients import RegistrationError
+
+    for bad in ({"mial.configuration": 3}, {"mial.nothing": 1}):
+        with pytest.raises(RegistrationError):
+            service.clients.add("d", audiences=["https://api.test"], declared=bad)
     client, secret = service.clients.add(
-        "d", audiences=["https://api.test"], declared={"mial.configuration": 3}
+        "d", audiences=["https://api.test"], declared={"mial.configuration": 1}
     )
     resp = post(
         client_app,
@@ -368,3 +375,18 @@ def test_declared_values_reach_the_token_capped(client_app: Any, service: Any) -
         {"Authorization": basic(client.client_id, secret)},
     )
     assert claims_of(resp)["assurance_levels"]["mial"]["configuration"] == 1
+
+
+def test_failed_authentication_is_logged_with_client_and_reason(
+    client_app: Any, registered: tuple[str, str], caplog: Any
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="issuer")
+    cid, secret = registered
+    post(client_app, {"grant_type": CC}, {"Authorization": basic(cid, "wrong")})
+    record = next(r for r in caplog.records if r.getMessage() == "request refused")
+    fields = record.fields  # type: ignore[attr-defined]
+    assert fields["error"] == "invalid_client"
+    assert cid in fields["reason"] and "secret mismatch" in fields["reason"]
+    assert secret not in caplog.text and "wrong" not in fields["reason"]

@@ -74,7 +74,7 @@ def test_kubernetes_token_yields_mial2_and_pod_identity(
         "boundary": 1,
         "reuse": 1,
         "recovery": 2,
-        "governance": 2,
+        "governance": 3,
     }
     import hashlib
 
@@ -349,3 +349,27 @@ def test_no_token_secret_or_evidence_reaches_the_log(
         assert secret not in text
     for jwt_text in (body["access_token"], K8S_TOKEN, GITHUB_BAD):
         assert jwt_text.split(".")[1] not in text  # not even the payload alone
+
+
+def test_trailing_newline_of_a_token_file_is_tolerated(
+    service: Any, client: tuple[str, str]
+) -> None:
+    claims = decode(exchange(service, client, K8S_TOKEN + "\n", K8S_NOW))
+    assert claims["mial"] == 2
+
+
+def test_refusal_names_the_dimensions_behind_an_unmet_level(
+    service: Any, client: tuple[str, str]
+) -> None:
+    with pytest.raises(InsufficientAssurance) as info:
+        exchange(service, client, K8S_TOKEN, K8S_NOW, min_maal="2")
+    assert "maal.provenance is 1, 2 required" in info.value.description
+
+
+def test_explain_refuses_what_the_endpoint_refuses(
+    service: Any, client: tuple[str, str]
+) -> None:
+    from issuer.errors import InvalidTarget
+
+    with pytest.raises(InvalidTarget):
+        service.explain(client[0], audiences=["https://not-registered.test"])

@@ -201,9 +201,13 @@ def upgrade_credential(
 def governance_for(lifetime: int) -> Rating:
     """Governance of an issued token of ``lifetime`` seconds.
 
-    Issuance is automated and audit-logged, so a lifetime of at most 24 h
-    earns 2. Level 3 also needs a tamper-evident issuance log.
+    Issuance is automated and recorded in a hash-chained (tamper-evident)
+    audit log; a disabled client gets no new token within
+    ``client_cache_seconds``, so with a lifetime of at most 1 h a revocation
+    reaches every relying party within one lifetime: 3. At most 24 h: 2.
     """
+    if lifetime <= 3600:
+        return Rating(3, "automated, hash-chained audit log, lifetime at most 1 h")
     if lifetime <= 86400:
         return Rating(2, "automated issuance, audit-logged, lifetime at most 24 h")
     return Rating(1, "lifetime over 24 h")

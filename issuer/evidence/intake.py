@@ -158,7 +158,14 @@ class Intake:
                 expected_key_thumbprint=None,
                 now=now,
             )
-        raw = json.dumps(piece.value) if isinstance(piece.value, dict) else piece.value
+        # A JSON object is digested in one canonical form (sorted keys, no
+        # spaces), as the TPM module does; a string is digested as sent, so a
+        # bundle sent as its file's text has the file's SHA-256.
+        raw = (
+            json.dumps(piece.value, sort_keys=True, separators=(",", ":"))
+            if isinstance(piece.value, dict)
+            else piece.value
+        )
         if piece.kind == "slsa_provenance":
             return verify(
                 raw, policy=self.settings.provenance, expected_nonce=None, now=now

@@ -359,6 +359,50 @@ class Tpm2Tools:
         )  # fmt: skip
         return TpmKey(label, self._read_tpmt(public), context, pcr_policy)
 
+    def saved_key(
+        self, label: str, pcr_policy: Mapping[str, Sequence[int]] | None = None
+    ) -> TpmKey:
+        """The key ``label`` that ``create_ak`` or ``create_signing_key`` made
+        in ``workdir``, from its saved public part and context file.
+
+        Runs no TPM command, so the context may be stale (after a TPM
+        reset). Raises ``FileNotFoundError`` when no such key was made here.
+        """
+        public, context = self._path(f"{label}.pub"), self._path(f"{label}.ctx")
+        if not context.is_file():
+            raise FileNotFoundError(context)
+        return TpmKey(label, self._read_tpmt(public), context, pcr_policy)
+
+    def reload_signing_key(
+        self, label: str, pcr_policy: Mapping[str, Sequence[int]] | None = None
+    ) -> TpmKey:
+        """Load the key ``create_signing_key`` made as ``label`` again, from
+        its public and TPM-wrapped private parts (TPM2_Load, Part 3 section
+        12.2) under the owner storage primary.
+
+        A context file does not survive a TPM reset; the wrapped private part
+        does, and the primary is derived again from the same seed, so this
+        gives the same key. Raises ``FileNotFoundError`` when no such key was
+        made here, ``TpmToolError`` when the TPM refuses it (another TPM, or
+        a cleared owner hierarchy).
+        """
+        public, private = self._path(f"{label}.pub"), self._path(f"{label}.priv")
+        if not (public.is_file() and private.is_file()):
+            raise FileNotFoundError(private)
+        parent = self._primary()
+        context = self._path(f"{label}.ctx")
+        self._run(
+            "tpm2_load", "-C", str(parent), "-u", str(public), "-r", str(private),
+            "-c", str(context),
+        )  # fmt: skip
+        return TpmKey(label, self._read_tpmt(public), context, pcr_policy)
+
+    def check_context(self, key: TpmKey) -> None:
+        """Raise ``TpmToolError`` when the TPM no longer accepts ``key``'s
+        context (TPM2_ContextLoad, Part 3 section 28.3), e.g. after a
+        reset."""
+        self._run("tpm2_readpublic", "-c", str(key.context))
+
     def certify(self, key: TpmKey, ak: TpmKey, nonce: bytes) -> dict[str, Any]:
         """TPM2_Certify of ``key`` by ``ak``: the ``attest``, ``signature``,
         ``public`` (and ``key_policy``) members of the issuer's

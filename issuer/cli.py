@@ -105,9 +105,10 @@ def serve(
         port=settings.port,
         interface=Interfaces.WSGI,
         workers=settings.workers,
-        # The handlers are CPU-bound under one GIL per worker: a few threads
-        # keep the database waits overlapped without thrashing.
-        blocking_threads=4,
+        # The handlers are CPU-bound under one GIL per worker; measured with
+        # bench/run.py, one thread per worker gives the most tokens per
+        # second and the lowest p99, so capacity scales with --workers.
+        blocking_threads=settings.threads,
         backpressure=64,
         log_access=False,
     ).serve()

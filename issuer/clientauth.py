@@ -83,6 +83,7 @@ class ClientAuthenticator:
         self.max_lifetime = max_assertion_lifetime
         self.skew = clock_skew
         self.max_token_bytes = max_token_bytes
+        self._keys: dict[tuple[str, str], Any] = {}
 
     def authenticate(
         self, params: Mapping[str, str], authorization: str | None
@@ -188,9 +189,8 @@ class ClientAuthenticator:
         if not keys:
             raise InvalidClient("no registered key matches the client assertion")
         for jwk in keys:
-            try:
-                key = _ALGS[alg].from_jwk(jwk)
-            except (jwt.InvalidKeyError, ValueError, KeyError, TypeError):
+            key = self._parsed_key(alg, jwk)
+            if key is None:
                 continue
             try:
                 claims: dict[str, Any] = jwt.decode(
@@ -210,6 +210,24 @@ class ClientAuthenticator:
                 raise InvalidClient("client assertion is malformed") from None
             return claims, jwk
         raise InvalidClient("client assertion signature does not verify")
+
+    def _parsed_key(self, alg: str, jwk: Mapping[str, Any]) -> Any:
+        """The key object of a registered JWK, parsed once per process.
+
+        Keyed by the JWK's canonical JSON, so a re-registered key is parsed
+        anew; bounded, since registrations are few.
+        """
+        cache_key = (alg, json.dumps(jwk, sort_keys=True))
+        if cache_key in self._keys:
+            return self._keys[cache_key]
+        try:
+            key = _ALGS[alg].from_jwk(dict(jwk))
+        except (jwt.InvalidKeyError, ValueError, KeyError, TypeError):
+            key = None
+        if len(self._keys) > 4096:
+            self._keys.clear()
+        self._keys[cache_key] = key
+        return key
 
     def _check_claims(self, claims: Mapping[str, Any], client_id: str) -> None:
         now = time.time()

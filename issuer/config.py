@@ -82,6 +82,8 @@ class Settings:
     dpop_require_nonce: bool = False
     #: Longest accepted age of a DPoP proof, seconds. Default 60.
     dpop_max_age: int = 60
+    #: Python threads per worker process for ``serve``. Default 1.
+    threads: int = 1
     #: Number of server worker processes for ``serve``. Default 1.
     workers: int = 1
     #: Where single-use ids are kept: ``memory``, ``database``, ``redis`` or
@@ -154,6 +156,8 @@ class Settings:
             raise ConfigError("client_cache_seconds must be 0..60")
         if not 0 < self.dpop_max_age <= 300:
             raise ConfigError("dpop_max_age must be 1..300 seconds")
+        if not 1 <= self.threads <= 64:
+            raise ConfigError("threads must be 1..64")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         if self.replay_store not in ("auto", "memory", "database", "redis"):

@@ -7,8 +7,11 @@ digest: never put a token, secret, key or raw evidence in them.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 
 __all__ = ["FieldsFormatter", "configure_logging"]
@@ -33,10 +36,18 @@ class FieldsFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Send the ``issuer`` loggers to standard error with structured fields."""
+    """Send the ``issuer`` loggers to standard error with structured fields.
+
+    Request threads only put records on a queue; one listener thread formats
+    and writes them, so a slow or contended stream never delays a token.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(FieldsFormatter())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler)
+    listener.start()
+    atexit.register(listener.stop)
     root = logging.getLogger("issuer")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(level)
     root.propagate = False

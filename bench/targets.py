@@ -75,7 +75,7 @@ class Options:
 
     #: Granian blocking threads per worker for the Python peers; keep it
     #: equal to what ``wimse-issuer serve`` uses (issuer/cli.py). Default 4.
-    peer_threads: int = 4
+    peer_threads: int = 1
 
 
 def _fixed(load: Load) -> Callable[[int, str], Load]:

@@ -74,7 +74,7 @@ class Options:
     """Settings shared by the starters."""
 
     #: Granian blocking threads per worker for the Python peers; keep it
-    #: equal to what ``wimse-issuer serve`` uses (issuer/cli.py). Default 4.
+    #: equal to what ``wimse-issuer serve`` uses (issuer/cli.py). Default 1.
     peer_threads: int = 1
 
 

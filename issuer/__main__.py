@@ -1,5 +1,5 @@
 """``python -m issuer`` runs the ``wimse-issuer`` command."""
 
-from .cli import main
+from .launcher import main
 
 main()

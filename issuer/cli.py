@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from .clients import ClientRegistry, RegistrationError
 from .config import ConfigError, Settings, load_settings
@@ -80,9 +81,18 @@ def serve(
     # Build the service once here so tables and keys exist before workers
     # start, and so configuration errors stop the command with a message.
     try:
-        IssuerService(settings)
-    except (ConfigError, PolicyError, StoreUnavailable) as exc:
+        IssuerService(settings).close()
+    except (ConfigError, PolicyError) as exc:
         raise click.ClickException(str(exc)) from None
+    except StoreUnavailable as exc:
+        raise click.ClickException(f"database unreachable ({exc})") from None
+    except (ArgumentError, NoSuchModuleError):
+        # The URL itself is not echoed: it may hold a password.
+        raise click.ClickException(
+            "database_url is not a valid SQLAlchemy URL or names an unknown driver"
+        ) from None
+    except ValueError:
+        raise click.ClickException("redis_url is not a valid Redis URL") from None
     env = {
         "WIMSE_ISSUER_HOME": str(settings.home_path),
         "WIMSE_ISSUER_HOST": settings.host,
@@ -105,11 +115,14 @@ def serve(
         port=settings.port,
         interface=Interfaces.WSGI,
         workers=settings.workers,
-        # The handlers are CPU-bound under one GIL per worker; measured with
-        # bench/run.py, one thread per worker gives the most tokens per
-        # second and the lowest p99, so capacity scales with --workers.
+        # Each thread can be held by a client sending its body slowly, which
+        # granian does not time out; see docs/operations.md for the proxy
+        # that buffers bodies in front of the issuer.
         blocking_threads=settings.threads,
         backpressure=64,
+        # A worker that dies (killed, or a fatal fault) is replaced instead
+        # of taking the whole server down.
+        respawn_failed_workers=True,
         log_access=False,
     ).serve()
 
@@ -204,9 +217,36 @@ def _load_jwks(path: str | None) -> Any:
         ) from None
 
 
+def _tls_auth(value: str | None) -> dict[str, str] | None:
+    """``subject_dn=CN=x`` or ``san_uri=spiffe://...`` as RFC 8705 metadata."""
+    if value is None:
+        return None
+    name, sep, subject = value.partition("=")
+    if not sep or not subject:
+        raise click.BadParameter(
+            f"{value!r}: use subject_dn=..., san_dns=..., san_uri=..., san_ip=... "
+            "or san_email=...",
+            param_hint="--tls-auth",
+        )
+    return {"tls_client_auth_" + name.removeprefix("tls_client_auth_"): subject}
+
+
 @client.command("add")
 @click.argument("name")
 @_client_options
+@click.option(
+    "--tls-auth",
+    "tls_auth",
+    default=None,
+    help="Authenticate with a CA-issued certificate (RFC 8705 tls_client_auth) "
+    'whose subject matches, e.g. subject_dn="CN=a,O=b" or san_uri=spiffe://td/w.',
+)
+@click.option(
+    "--self-signed-tls",
+    is_flag=True,
+    help="With --jwks: authenticate with a self-signed certificate holding one "
+    "of those keys (RFC 8705 self_signed_tls_client_auth).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def client_add(
@@ -221,6 +261,8 @@ def client_add(
     jwks_file: str | None,
     resource_server: bool | None,
     dpop_bound: bool | None,
+    tls_auth: str | None,
+    self_signed_tls: bool,
     as_json: bool,
 ) -> None:
     """Register a client; its secret is printed once."""
@@ -237,6 +279,8 @@ def client_add(
             declared=_declared(declared),
             resource_server=bool(resource_server),
             dpop_bound=bool(dpop_bound),
+            tls_auth=_tls_auth(tls_auth),
+            self_signed_tls=self_signed_tls,
         )
     except RegistrationError as exc:
         raise click.ClickException(str(exc)) from None

@@ -5,6 +5,11 @@
 - ``client_secret_post``: RFC 6749 section 2.3.1, in the request body.
 - ``private_key_jwt``: RFC 7523 section 3 and RFC 7521 section 4.2, a JWT
   signed by a key registered for the client.
+- ``tls_client_auth`` and ``self_signed_tls_client_auth``: RFC 8705 section
+  2, the client certificate of the mutual-TLS connection, with ``client_id``
+  in the body. A client registered with a SPIFFE ID as
+  ``tls_client_auth_san_uri`` whose trust domain has a configured bundle is
+  checked as an X.509-SVID against that bundle instead of the CA bundle.
 
 A request must use exactly one method (RFC 6749 section 2.3). Every failure
 is ``invalid_client``; the description never says whether the client exists.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -27,6 +33,7 @@ from jwt.algorithms import get_default_algorithms
 from .clients import Client, ClientRegistry
 from .errors import InvalidClient, InvalidRequest
 from .keys import jwk_thumbprint
+from .mtls import TlsClientAuth, X509Bundle, verify_x509_svid
 from .replay import ReplayStore
 
 __all__ = ["ASSERTION_ALGORITHMS", "AuthenticatedClient", "ClientAuthenticator"]
@@ -47,13 +54,20 @@ class AuthenticatedClient:
     method: str
     #: RFC 7638 thumbprint of the key that signed a private_key_jwt assertion.
     key_thumbprint: str | None = None
+    #: The SPIFFE ID of an X.509-SVID that authenticated the client.
+    spiffe_id: str | None = None
+
+    @property
+    def credential(self) -> str:
+        """The credential MAAL rates: the method, or ``x509_svid``."""
+        return "x509_svid" if self.spiffe_id is not None else self.method
 
 
 def _decode_segment(segment: str) -> dict[str, Any]:
     padded = segment + "=" * (-len(segment) % 4)
     try:
         value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeError):
+    except (ValueError, binascii.Error, UnicodeError, RecursionError):
         raise InvalidClient("client assertion is malformed") from None
     if not isinstance(value, dict):
         raise InvalidClient("client assertion is malformed")
@@ -76,8 +90,12 @@ class ClientAuthenticator:
         max_assertion_lifetime: int,
         clock_skew: int,
         max_token_bytes: int,
+        tls: TlsClientAuth | None = None,
+        spiffe_bundles: tuple[X509Bundle, ...] = (),
     ) -> None:
         self.registry = registry
+        self.tls = tls or TlsClientAuth()
+        self.spiffe_bundles = spiffe_bundles
         self.replay = replay
         self.audiences = audiences
         self.max_lifetime = max_assertion_lifetime
@@ -86,10 +104,21 @@ class ClientAuthenticator:
         self._keys: dict[tuple[str, str], Any] = {}
 
     def authenticate(
-        self, params: Mapping[str, str], authorization: str | None
+        self,
+        params: Mapping[str, str],
+        authorization: str | None,
+        *,
+        client_cert: bytes | None = None,
+        now: float | None = None,
     ) -> AuthenticatedClient:
         """Authenticate the request's client; raises ``InvalidClient`` or
-        ``InvalidRequest`` (several methods at once)."""
+        ``InvalidRequest`` (several methods at once).
+
+        ``client_cert`` is the DER certificate of the mutual-TLS connection;
+        it authenticates a request that names ``client_id`` and uses no other
+        method (RFC 8705 section 2). Certificates are checked at ``now``
+        (default: the current time).
+        """
         basic = authorization is not None and authorization[:6].lower() == "basic "
         used = [
             name
@@ -102,6 +131,9 @@ class ClientAuthenticator:
         ]
         if len(used) > 1:
             raise InvalidRequest("use exactly one client authentication method")
+        if not used and client_cert is not None and "client_id" in params:
+            when = time.time() if now is None else now
+            return self._check_certificate(params["client_id"], client_cert, when)
         if not used:
             raise InvalidClient("client authentication required", basic=False)
         method = used[0]
@@ -119,7 +151,7 @@ class ClientAuthenticator:
     def _parse_basic(header: str) -> tuple[str, str]:
         try:
             raw = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):
             raise InvalidClient("malformed Basic credentials", basic=True) from None
         client_id, sep, secret = raw.partition(":")
         if not sep or not client_id:
@@ -127,7 +159,11 @@ class ClientAuthenticator:
         return unquote_plus(client_id), unquote_plus(secret)
 
     def _usable(self, client_id: str, method: str, basic: bool = False) -> Client:
-        client = self.registry.get(client_id) if 0 < len(client_id) <= 64 else None
+        # Identifiers are generated URL-safe strings; anything else (NUL,
+        # control characters, overlong) cannot name a client and must not
+        # reach the database.
+        plausible = 0 < len(client_id) <= 64 and client_id.isprintable()
+        client = self.registry.get(client_id) if plausible else None
         if client is None or client.disabled or method not in client.auth_methods:
             state = "unknown" if client is None else "disabled or other method"
             raise InvalidClient(
@@ -147,6 +183,39 @@ class ClientAuthenticator:
                 detail=f"client {client_id[:64]!r}: secret mismatch",
                 basic=basic,
             )
+        return AuthenticatedClient(client, method)
+
+    def _check_certificate(
+        self, client_id: str, der: bytes, now: float
+    ) -> AuthenticatedClient:
+        """RFC 8705 section 2.1 or 2.2, by the client's registered method."""
+        found = self.registry.get(client_id) if 0 < len(client_id) <= 64 else None
+        method = "tls_client_auth"
+        if found is not None and "self_signed_tls_client_auth" in found.auth_methods:
+            method = "self_signed_tls_client_auth"
+        client = self._usable(client_id, method)
+        registered = client.tls_subject.get("tls_client_auth_san_uri", "")
+        domain = registered.removeprefix("spiffe://").split("/")[0]
+        svid = registered.startswith("spiffe://") and any(
+            b.trust_domain == domain for b in self.spiffe_bundles
+        )
+        try:
+            if svid:
+                spiffe_id = str(verify_x509_svid(der, self.spiffe_bundles, now=now))
+                if spiffe_id != registered:
+                    raise InvalidClient(
+                        "client authentication failed",
+                        detail="SVID names another SPIFFE ID",
+                    )
+                return AuthenticatedClient(client, method, spiffe_id=spiffe_id)
+            metadata = {**client.tls_subject, "jwks": client.jwks or {}}
+            self.tls.authenticate(method, der, metadata, now=now)
+        except InvalidClient as exc:
+            # The client id goes to the operator's log with the failed check.
+            raise InvalidClient(
+                "client authentication failed",
+                detail=f"client {client_id!r}: {exc.detail}",
+            ) from None
         return AuthenticatedClient(client, method)
 
     def _check_assertion(self, params: Mapping[str, str]) -> AuthenticatedClient:
@@ -261,5 +330,7 @@ class ClientAuthenticator:
         issued = iat if isinstance(iat, int) else exp - self.max_lifetime
         if issued < self.replay.started_at - self.skew:
             raise InvalidClient("client assertion predates the replay store")
-        if not self.replay.use_once(f"assertion:{client_id}:{jti}", exp + self.skew):
+        # Hashed, so any accepted jti fits the store's key column.
+        key = "assertion:" + hashlib.sha256(f"{client_id}:{jti}".encode()).hexdigest()
+        if not self.replay.use_once(key, exp + self.skew):
             raise InvalidClient("client assertion jti already used")

@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, select
 from verifier.levels import load_scheme
 
 from .keys import SecretHasher
+from .mtls import SUBJECT_METADATA, validate_tls_client_metadata
 from .storage import ClientRecord, Database
 
 __all__ = [
@@ -36,7 +37,13 @@ __all__ = [
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
 GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 GRANT_TYPES = (GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE)
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+AUTH_METHODS = (
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+    "tls_client_auth",
+    "self_signed_tls_client_auth",
+)
 _SCOPE_TOKEN = re.compile(r"\A[\x21\x23-\x5b\x5d-\x7e]+\Z")
 _PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 
@@ -45,7 +52,7 @@ _TABLE = ClientRecord.__table__
 _CLIENT_COLUMNS = (
     "client_id", "name", "auth_methods", "grant_types", "scopes", "audiences",
     "subject", "subject_patterns", "declared", "resource_server", "dpop_bound",
-    "disabled",
+    "disabled", *SUBJECT_METADATA,
     "jwks", "secret_hash", "previous_secret_hash", "previous_secret_expires_at",
 )  # fmt: skip
 _SELECT_CLIENT = select(*(_TABLE.c[name] for name in _CLIENT_COLUMNS)).where(
@@ -77,6 +84,9 @@ class Client:
     secret_hash: str | None = field(repr=False)
     previous_secret_hash: str | None = field(repr=False)
     previous_secret_expires_at: float | None
+    #: The RFC 8705 section 2.1.2 subject parameter of a ``tls_client_auth``
+    #: client, as ``{name: value}``; empty for other clients.
+    tls_subject: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_record(cls, rec: ClientRecord) -> Client:
@@ -104,6 +114,9 @@ class Client:
             secret_hash=row["secret_hash"],
             previous_secret_hash=row["previous_secret_hash"],
             previous_secret_expires_at=row["previous_secret_expires_at"],
+            tls_subject={
+                name: row[name] for name in SUBJECT_METADATA if row[name] is not None
+            },
         )
 
     def public_view(self) -> dict[str, Any]:
@@ -120,6 +133,7 @@ class Client:
             "declared": self.declared,
             "resource_server": self.resource_server,
             "dpop_bound_access_tokens": self.dpop_bound,
+            **self.tls_subject,
             "disabled": self.disabled,
             "jwks": self.jwks,
             "has_secret": self.secret_hash is not None,
@@ -145,6 +159,30 @@ def validate_client_jwks(jwks: object) -> dict[str, Any]:
         if _PRIVATE_MEMBERS & set(key):
             raise RegistrationError("a JWK holds private key material")
     return jwks
+
+
+def _auth_methods(
+    jwks: object, tls_auth: Mapping[str, str] | None, self_signed_tls: bool
+) -> list[str]:
+    """The token endpoint auth methods a new client registers for."""
+    if tls_auth is not None:
+        if jwks is not None or self_signed_tls:
+            raise RegistrationError("tls_client_auth takes no jwks")
+        unknown = set(tls_auth) - set(SUBJECT_METADATA)
+        if unknown:
+            raise RegistrationError(f"unknown tls_client_auth parameters {unknown}")
+        try:
+            validate_tls_client_metadata(tls_auth)
+        except ValueError as exc:
+            raise RegistrationError(str(exc)) from None
+        return ["tls_client_auth"]
+    if self_signed_tls:
+        if jwks is None:
+            raise RegistrationError("self_signed_tls_client_auth needs jwks")
+        return ["self_signed_tls_client_auth"]
+    if jwks is not None:
+        return ["private_key_jwt"]
+    return ["client_secret_basic", "client_secret_post"]
 
 
 def _check_declared(values: dict[str, int]) -> dict[str, int]:
@@ -249,22 +287,24 @@ class ClientRegistry:
         declared: dict[str, int] | None = None,
         resource_server: bool = False,
         dpop_bound: bool = False,
+        tls_auth: Mapping[str, str] | None = None,
+        self_signed_tls: bool = False,
         owner: str = "",
     ) -> tuple[Client, str | None]:
         """Register a client; return it and its secret (shown only here).
 
-        A client registered with ``jwks`` authenticates with private_key_jwt
-        and gets no secret. Raises ``RegistrationError``.
+        A client registered with ``jwks`` authenticates with private_key_jwt,
+        or with ``self_signed_tls`` by a certificate holding one of those keys
+        (RFC 8705 section 2.2); with ``tls_auth``, one RFC 8705 section 2.1.2
+        subject parameter, by a CA-issued certificate. Such clients get no
+        secret. Raises ``RegistrationError``.
         """
         if not name or len(name) > 200:
             raise RegistrationError("name must be 1..200 characters")
+        methods = _auth_methods(jwks, tls_auth, self_signed_tls)
         client_id = secrets.token_urlsafe(18)
-        secret = None if jwks is not None else secrets.token_urlsafe(32)
-        methods = (
-            ["private_key_jwt"]
-            if jwks is not None
-            else ["client_secret_basic", "client_secret_post"]
-        )
+        uses_secret = methods[0].startswith("client_secret")
+        secret = secrets.token_urlsafe(32) if uses_secret else None
         now = time.time()
         rec = ClientRecord(
             client_id=client_id,
@@ -275,6 +315,7 @@ class ClientRegistry:
             created_at=now,
             updated_at=now,
             owner=owner,
+            **(tls_auth or {}),
         )
         self._apply(
             rec,
@@ -309,7 +350,13 @@ class ClientRegistry:
             elif name == "declared":
                 rec.declared = json.dumps(_check_declared(value))
             elif name == "jwks":
+                # Registering a key moves the client to private_key_jwt; its
+                # secrets stop working at once.
                 rec.jwks = json.dumps(validate_client_jwks(value))
+                rec.auth_methods = json.dumps(["private_key_jwt"])
+                rec.secret_hash = None
+                rec.previous_secret_hash = None
+                rec.previous_secret_expires_at = None
             else:
                 setattr(rec, name, value)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ __all__ = ["ConfigError", "Settings", "load_settings"]
 
 ENV_PREFIX = "WIMSE_ISSUER_"
 SIGNING_ALGORITHMS = ("ES256", "EdDSA", "PS256", "RS256")
+# RFC 9110 section 5.1: a field name is a token; letters, digits and hyphens
+# suffice for a proxy header and map unambiguously to a WSGI environ key.
+_HEADER_NAME = re.compile(r"\A[A-Za-z0-9-]{1,64}\Z")
 
 
 class ConfigError(ValueError):
@@ -82,8 +86,8 @@ class Settings:
     dpop_require_nonce: bool = False
     #: Longest accepted age of a DPoP proof, seconds. Default 60.
     dpop_max_age: int = 60
-    #: Python threads per worker process for ``serve``. Default 1.
-    threads: int = 1
+    #: Python threads per worker process for ``serve``. Default 4.
+    threads: int = 4
     #: Number of server worker processes for ``serve``. Default 1.
     workers: int = 1
     #: Where single-use ids are kept: ``memory``, ``database``, ``redis`` or
@@ -95,6 +99,22 @@ class Settings:
     redis_url: str = ""
     #: Prefix of every Redis key this deployment writes. Default ``wimse:``.
     redis_prefix: str = "wimse:"
+    #: PEM CA bundle that ``tls_client_auth`` certificates must chain to
+    #: (RFC 8705 section 2.1). Default: none, so only
+    #: ``self_signed_tls_client_auth`` and SPIFFE bundles authenticate.
+    mtls_ca_file: str = ""
+    #: SPIFFE trust domain -> PEM bundle file of its X.509-SVID roots.
+    #: Default: none.
+    spiffe_bundles: dict[str, str] = field(default_factory=dict)
+    #: Request header in which a TLS-terminating proxy forwards the client
+    #: certificate, e.g. ``X-SSL-Client-Cert``. Default: none (proxy mode off).
+    mtls_proxy_header: str = ""
+    #: Format of that header: ``pem-urlencoded`` (nginx
+    #: ``$ssl_client_escaped_cert``) or ``rfc9440``. Default pem-urlencoded.
+    mtls_proxy_header_format: str = "pem-urlencoded"
+    #: Networks of the proxies whose certificate header is believed, e.g.
+    #: ``["127.0.0.1/32"]``. Default: none.
+    mtls_trusted_proxies: list[str] = field(default_factory=list)
 
     @property
     def home_path(self) -> Path:
@@ -164,10 +184,37 @@ class Settings:
             raise ConfigError("replay_store must be auto, memory, database or redis")
         if self.replay_store == "redis" and not self.redis_url:
             raise ConfigError("replay_store redis needs redis_url")
+        if self.replay_store == "memory" and self.workers > 1:
+            raise ConfigError(
+                "replay_store memory cannot be shared by several workers; "
+                "use database or redis"
+            )
+        self._validate_mtls()
         url = self.resolved_issuer_url()
         if not url.startswith(("http://", "https://")) or "?" in url or "#" in url:
             raise ConfigError("issuer_url must be an http(s) URL without query")
         return self
+
+    def _validate_mtls(self) -> None:
+        # Imported here: issuer.mtls reaches issuer.platforms, which imports
+        # this module.
+        from .mtls import HEADER_FORMATS, parse_trusted_proxies
+
+        if self.mtls_proxy_header_format not in HEADER_FORMATS:
+            raise ConfigError(
+                f"mtls_proxy_header_format must be one of {HEADER_FORMATS}"
+            )
+        if self.mtls_proxy_header and not _HEADER_NAME.match(self.mtls_proxy_header):
+            raise ConfigError("mtls_proxy_header must be an HTTP header name")
+        if self.mtls_proxy_header and not self.mtls_trusted_proxies:
+            raise ConfigError("mtls_proxy_header needs mtls_trusted_proxies")
+        try:
+            parse_trusted_proxies(self.mtls_trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"mtls_trusted_proxies: {exc}") from None
+        for domain, path in self.spiffe_bundles.items():
+            if not isinstance(path, str) or not path:
+                raise ConfigError(f"spiffe_bundles.{domain} must name a file")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -200,6 +247,13 @@ def _coerce(name: str, value: object) -> object:
     if kind == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string")
+        return value
+    if kind == "list[str]":
+        # An environment variable gives a comma-separated list.
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of strings")
         return value
     if not isinstance(value, dict):
         raise ConfigError(f"{name} must be a table")
@@ -235,7 +289,7 @@ def load_settings(
         values.update(data)
     for name, fld in _FIELDS.items():
         raw = env.get(ENV_PREFIX + name.upper())
-        if raw is not None and fld.type != "dict[str, dict[str, Any]]":
+        if raw is not None and not str(fld.type).startswith("dict"):
             values[name] = raw
     for name, value in (overrides or {}).items():
         if value is not None:

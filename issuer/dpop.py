@@ -520,7 +520,7 @@ def _json_object(raw: bytes) -> dict[str, Any]:
             object_pairs_hook=_unique_members,
             parse_constant=_reject_constant,
         )
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidDPoPProof("DPoP proof is not valid JSON") from None
     if not isinstance(value, dict):
         raise InvalidDPoPProof("DPoP proof header and payload must be objects")

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from verifier.levels import Requirement, load_scheme
 
 from . import metrics
@@ -35,6 +37,7 @@ from .assurance.rules import (
     bearer_boundary,
     dpop_boundary,
     governance_for,
+    mtls_boundary,
     sender_constrained_reuse,
     upgrade_credential,
 )
@@ -46,7 +49,7 @@ from .clients import (
     Client,
     ClientRegistry,
 )
-from .config import Settings
+from .config import ConfigError, Settings
 from .dpop import DEFAULT_ALGORITHMS as DPOP_ALGORITHMS
 from .dpop import DPoPVerifier, single_proof
 from .errors import (
@@ -64,6 +67,13 @@ from .errors import (
 from .evidence.intake import Intake, parse_pieces
 from .evidence.tpm import make_activation_challenge
 from .keys import KeyRing, SecretHasher, load_or_create_secret
+from .mtls import (
+    TlsClientAuth,
+    X509Bundle,
+    certificate_thumbprint,
+    client_cert_from_header,
+    parse_trusted_proxies,
+)
 from .platforms import PlatformIdentity, TrustSources
 from .policy import Policy, PolicyError
 from .ratelimit import RateLimiter
@@ -100,7 +110,7 @@ class TokenResponse:
 class Binding:
     """How an issued token is bound to its holder.
 
-    ``kind`` is ``bearer`` or ``dpop``; ``cnf`` the RFC 7800 confirmation
+    ``kind`` is ``bearer``, ``dpop`` or ``mtls``; ``cnf`` the RFC 7800 confirmation
     claim, if any; ``boundary`` the MAAL boundary rating it earns.
     """
 
@@ -166,6 +176,7 @@ class IssuerService:
             require_nonce=settings.dpop_require_nonce,
             shared_replay=kind != "memory" or settings.workers == 1,
         )
+        self.trusted_proxies = parse_trusted_proxies(settings.mtls_trusted_proxies)
         self.authenticator = ClientAuthenticator(
             self.clients,
             replay,
@@ -173,6 +184,8 @@ class IssuerService:
             max_assertion_lifetime=settings.max_assertion_lifetime,
             clock_skew=settings.clock_skew,
             max_token_bytes=settings.max_token_bytes,
+            tls=_tls_client_auth(settings),
+            spiffe_bundles=_spiffe_bundles(settings),
         )
         self.scheme = load_scheme()
         self.assessor = Assessor(self.scheme)
@@ -240,6 +253,11 @@ class IssuerService:
     def _limit(self, client_id: str) -> None:
         wait = self.limiter.allow(client_id)
         if wait:
+            # Logged, not audited: a flood must not fill the audit table.
+            log.info(
+                "request rate limited",
+                extra={"fields": {"client_id": client_id, "retry_after": wait}},
+            )
             raise RateLimited(wait)
 
     # -- token endpoint -------------------------------------------------
@@ -251,24 +269,30 @@ class IssuerService:
         now: float | None = None,
         *,
         dpop: Sequence[str] = (),
+        client_cert: bytes | None = None,
     ) -> TokenResponse:
         """Handle a token request (RFC 6749 section 4.4, RFC 8693 section 2).
 
         ``params`` maps each body parameter to all its values; ``dpop`` holds
-        the values of every ``DPoP`` header field. Raises ``OAuthError``;
-        every decision after client authentication is audited, and a token
-        is returned only once its record is committed.
+        the values of every ``DPoP`` header field; ``client_cert`` is the DER
+        client certificate of the mutual-TLS connection (RFC 8705), from
+        ``client_certificate``. Raises ``OAuthError``; every decision after
+        client authentication is audited, and a token is returned only once
+        its record is committed.
         """
         self.reload_policy_if_changed()
         single = _single_values(params)
-        auth = self.authenticator.authenticate(single, authorization)
+        now_f = time.time() if now is None else now
+        auth = self.authenticator.authenticate(
+            single, authorization, client_cert=client_cert, now=now_f
+        )
         client = auth.client
         self._limit(client.client_id)
         grant_type = single.get("grant_type", "")
         entry = AuditEntry(client.client_id, grant_type or "-", self.policy.version)
         try:
             response = self._issue(
-                auth, single, params, entry, now or time.time(), dpop
+                auth, single, params, entry, now_f, dpop, client_cert
             )
         except StoreUnavailable:
             raise
@@ -302,6 +326,7 @@ class IssuerService:
         entry: AuditEntry,
         now_f: float,
         dpop: Sequence[str],
+        client_cert: bytes | None,
     ) -> TokenResponse:
         client = auth.client
         grant_type = single.get("grant_type")
@@ -319,12 +344,12 @@ class IssuerService:
 
         if grant_type == GRANT_CLIENT_CREDENTIALS:
             grant = _Grant(
-                client.subject, rate_client_credential(auth.method), [], None, None
+                client.subject, rate_client_credential(auth.credential), [], None, None
             )
         else:
             grant = self._token_exchange(auth, single, entry, now_f)
         entry.subject = grant.subject
-        binding = self._binding(client, dpop, now_f)
+        binding = self._binding(client, dpop, client_cert, now_f)
         caps = self._take_evidence(auth, single, params, binding, grant, entry, now_f)
 
         lifetime = self.settings.token_lifetime
@@ -388,17 +413,59 @@ class IssuerService:
             headers["DPoP-Nonce"] = self.dpop.new_nonce(now_f)
         return TokenResponse(body, claims["jti"], headers)
 
-    def _binding(self, client: Client, dpop: Sequence[str], now: float) -> Binding:
-        """How the issued token is bound: DPoP (RFC 9449) or bearer."""
+    def _binding(
+        self,
+        client: Client,
+        dpop: Sequence[str],
+        client_cert: bytes | None,
+        now: float,
+    ) -> Binding:
+        """How the issued token is bound: DPoP (RFC 9449), to the client
+        certificate (RFC 8705 section 3), or bearer.
+
+        A DPoP proof, when sent, decides; otherwise a token requested over
+        mutual TLS is bound to that certificate, whatever method
+        authenticated the client.
+        """
         if not dpop:
             if client.dpop_bound:
                 # RFC 9449 section 5.2: such a client gets no bearer token.
                 raise InvalidRequest("this client must send a DPoP proof")
+            if client_cert is not None:
+                cnf = {"x5t#S256": certificate_thumbprint(client_cert)}
+                # Certificates reach the service only through the trusted
+                # proxy header; granian does not expose its peer certificate
+                # (docs/sender-constraints.md, known limits).
+                return Binding("mtls", cnf, mtls_boundary(via_proxy=True))
             return Binding("bearer", None, bearer_boundary())
         proof = self.dpop.verify(
             single_proof(list(dpop)), htm="POST", htu=self.token_endpoint, now=now
         )
         return Binding("dpop", {"jkt": proof.jkt}, dpop_boundary(proof, self.dpop))
+
+    def client_certificate(
+        self, header_value: str | None, remote_addr: str | None
+    ) -> bytes | None:
+        """The DER client certificate a trusted TLS-terminating proxy
+        forwarded in ``mtls_proxy_header``, or ``None``.
+
+        ``None`` when proxy mode is off or the header is absent or empty (the
+        proxy saw no certificate). Raises ``InvalidClient`` when the header
+        comes from an address outside ``mtls_trusted_proxies`` and
+        ``InvalidRequest`` when it does not hold one certificate.
+        """
+        if not self.settings.mtls_proxy_header or header_value is None:
+            return None
+        if not header_value.strip():
+            # nginx sends no header for an empty variable; another proxy may
+            # send an empty one when the client presented no certificate.
+            return None
+        return client_cert_from_header(
+            header_value,
+            remote_addr=remote_addr or "",
+            trusted_proxies=self.trusted_proxies,
+            header_format=self.settings.mtls_proxy_header_format,
+        )
 
     def _assess(
         self,
@@ -632,6 +699,14 @@ class IssuerService:
                 actor_token, "actor_token", now
             )
             actor = {"sub": actor_identity.subject}
+            entry.evidence.append(
+                {
+                    "kind": actor_identity.evidence_kind,
+                    "digest": actor_identity.digest,
+                    "role": "actor",
+                    "subject": actor_identity.subject,
+                }
+            )
         elif "actor_token_type" in single:
             raise InvalidRequest("actor_token_type given without actor_token")
         return _Grant(identity.subject, cred, [evidence], actor, TOKEN_TYPE_ACCESS)
@@ -797,16 +872,21 @@ class IssuerService:
             return
         if claims.get("client_id") != caller.client_id:
             raise UnauthorizedClient("token was issued to another client")
-        with self.db.session() as s:
-            if s.get(Revocation, claims["jti"]) is None:
-                s.add(
-                    Revocation(
-                        jti=claims["jti"],
-                        client_id=caller.client_id,
-                        revoked_at=now,
-                        expires_at=float(claims["exp"]),
+        try:
+            with self.db.session() as s:
+                if s.get(Revocation, claims["jti"]) is None:
+                    s.add(
+                        Revocation(
+                            jti=claims["jti"],
+                            client_id=caller.client_id,
+                            revoked_at=now,
+                            expires_at=float(claims["exp"]),
+                        )
                     )
-                )
+        except IntegrityError:
+            # A concurrent revocation of the same token won the insert; the
+            # token is revoked either way (RFC 7009 section 2.2).
+            pass
         log.info(
             "token revoked",
             extra={"fields": {"client_id": caller.client_id, "jti": claims["jti"]}},
@@ -817,6 +897,7 @@ class IssuerService:
     def metadata(self) -> dict[str, Any]:
         """RFC 8414 section 2 server metadata plus our extensions."""
         methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+        mtls = ["tls_client_auth", "self_signed_tls_client_auth"]
         return {
             "issuer": self.issuer,
             "token_endpoint": self.token_endpoint,
@@ -826,11 +907,12 @@ class IssuerService:
             "challenge_endpoint": f"{self.issuer}/challenge",
             "tpm_activation_endpoint": f"{self.issuer}/tpm/activate",
             "grant_types_supported": [GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE],
-            "token_endpoint_auth_methods_supported": methods,
+            "token_endpoint_auth_methods_supported": [*methods, *mtls],
             "token_endpoint_auth_signing_alg_values_supported": list(
                 ASSERTION_ALGORITHMS
             ),
             "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
+            "tls_client_certificate_bound_access_tokens": True,
             "introspection_endpoint_auth_methods_supported": methods,
             "revocation_endpoint_auth_methods_supported": methods,
             "access_token_signing_alg_values_supported": sorted(
@@ -872,6 +954,29 @@ class IssuerService:
                 self.replay.ping()
         except StoreUnavailable:
             raise ServerUnavailable("a backing store is unavailable") from None
+
+
+def _tls_client_auth(settings: Settings) -> TlsClientAuth:
+    """RFC 8705 section 2.1 trust roots from ``mtls_ca_file``; none without."""
+    if not settings.mtls_ca_file:
+        return TlsClientAuth()
+    try:
+        with open(settings.mtls_ca_file, "rb") as fh:
+            return TlsClientAuth.from_pem(fh.read())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"mtls_ca_file: {exc}") from None
+
+
+def _spiffe_bundles(settings: Settings) -> tuple[X509Bundle, ...]:
+    """X.509-SVID roots per trust domain from ``spiffe_bundles``."""
+    bundles = []
+    for domain, path in settings.spiffe_bundles.items():
+        try:
+            with open(path, "rb") as fh:
+                bundles.append(X509Bundle.from_pem(domain, fh.read()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"spiffe_bundles.{domain}: {exc}") from None
+    return tuple(bundles)
 
 
 def _single_values(params: Mapping[str, Sequence[str]]) -> dict[str, str]:

@@ -77,6 +77,23 @@ class ClientRecord(Base):
     declared: Mapped[str] = mapped_column(Text, default="{}")
     resource_server: Mapped[bool] = mapped_column(Boolean, default=False)
     dpop_bound: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: RFC 8705 section 2.1.2: the one subject value a ``tls_client_auth``
+    #: client registered; the others stay null.
+    tls_client_auth_subject_dn: Mapped[str | None] = mapped_column(
+        String(500), nullable=True
+    )
+    tls_client_auth_san_dns: Mapped[str | None] = mapped_column(
+        String(500), nullable=True
+    )
+    tls_client_auth_san_uri: Mapped[str | None] = mapped_column(
+        String(500), nullable=True
+    )
+    tls_client_auth_san_ip: Mapped[str | None] = mapped_column(
+        String(64), nullable=True
+    )
+    tls_client_auth_san_email: Mapped[str | None] = mapped_column(
+        String(500), nullable=True
+    )
     owner: Mapped[str] = mapped_column(String(200), default="")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)

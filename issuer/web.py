@@ -83,6 +83,23 @@ def parse_form(
     return {k: [v for v in vals if v != ""] for k, vals in parsed.items() if any(vals)}
 
 
+def read_body(stream: Any, length: int | None, limit: int) -> bytes:
+    """Read a request body of at most ``limit`` bytes.
+
+    Without a Content-Length (chunked transfer coding) one byte more than the
+    limit is read, so an oversized body is refused rather than cut short and
+    parsed: a truncated form could silently drop a parameter.
+    """
+    if length is not None:
+        if length < 0 or length > limit:
+            raise PayloadTooLarge("request body too large")
+        return bytes(stream.read(length)) if length else b""
+    raw = bytes(stream.read(limit + 1))
+    if len(raw) > limit:
+        raise PayloadTooLarge("request body too large")
+    return raw
+
+
 Handler = Callable[[Mapping[str, Sequence[str]]], tuple[int, dict[str, str], bytes]]
 
 
@@ -131,6 +148,10 @@ class TokenFastPath:
         self.app = app
         self.service = service
         self.max_body = service.settings.max_body_bytes
+        header = service.settings.mtls_proxy_header
+        # PEP 3333: a request header arrives as HTTP_ plus its name in upper
+        # case with hyphens turned into underscores.
+        self.cert_key = "HTTP_" + header.upper().replace("-", "_") if header else ""
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if (
@@ -150,13 +171,13 @@ class TokenFastPath:
         return [body]
 
     def _form(self, environ: Mapping[str, Any]) -> dict[str, list[str]]:
+        declared = environ.get("CONTENT_LENGTH")
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
+            length = int(declared) if declared else None
         except ValueError:
             raise InvalidRequest("Content-Length is not a number") from None
-        if length > self.max_body or length < 0:
-            raise PayloadTooLarge("request body too large")
-        raw = environ["wsgi.input"].read(length) if length else b""
+        raw = read_body(environ["wsgi.input"], length, self.max_body)
+        length = len(raw)
         mimetype = (environ.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
         query = (environ.get("QUERY_STRING") or "").encode("latin-1")
         return parse_form(mimetype, length, query, raw)
@@ -169,8 +190,12 @@ class TokenFastPath:
         # compact JWS has no comma, so splitting restores the fields and the
         # DPoP module refuses more than one (RFC 9449 section 4.3).
         proofs = dpop.split(",") if dpop else []
+        cert = self.service.client_certificate(
+            environ.get(self.cert_key) if self.cert_key else None,
+            environ.get("REMOTE_ADDR"),
+        )
         result = self.service.token(
-            form, environ.get("HTTP_AUTHORIZATION"), dpop=proofs
+            form, environ.get("HTTP_AUTHORIZATION"), dpop=proofs, client_cert=cert
         )
         return 200, {**_NO_STORE, **result.headers}, _dumps(result.body)
 
@@ -183,7 +208,7 @@ def create_app(service: IssuerService) -> Flask:
     (``app.test_client()``).
     """
     app = Flask("issuer")
-    app.config["MAX_CONTENT_LENGTH"] = service.settings.max_body_bytes
+    max_body = service.settings.max_body_bytes
     jwks_cache = f"public, max-age={service.settings.jwks_max_age}"
 
     def call(
@@ -192,10 +217,10 @@ def create_app(service: IssuerService) -> Flask:
         authz = request.headers.get("Authorization")
 
         def parse() -> dict[str, list[str]]:
-            raw = request.get_data(cache=False)
+            raw = read_body(request.stream, request.content_length, max_body)
             return parse_form(
                 (request.mimetype or "").lower(),
-                request.content_length,
+                len(raw),
                 request.query_string,
                 raw,
             )
@@ -216,7 +241,16 @@ def create_app(service: IssuerService) -> Flask:
     @app.post("/token")
     def token() -> Response:
         def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Response:
-            result = service.token(form, authz, dpop=request.headers.getlist("DPoP"))
+            header = service.settings.mtls_proxy_header
+            cert = service.client_certificate(
+                request.headers.get(header) if header else None, request.remote_addr
+            )
+            result = service.token(
+                form,
+                authz,
+                dpop=request.headers.getlist("DPoP"),
+                client_cert=cert,
+            )
             return _json(result.body, 200, {**_NO_STORE, **result.headers})
 
         return call(handle)

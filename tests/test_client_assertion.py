@@ -252,3 +252,26 @@ def test_replay_store_choice_follows_settings() -> None:
     assert not Settings(workers=2).uses_memory_replay_store()
     assert not Settings(database_url="postgresql://x/y").uses_memory_replay_store()
     assert not Settings(replay_store="database").uses_memory_replay_store()
+
+
+def test_deeply_nested_assertion_json_is_invalid_client(client_app: Any) -> None:
+    nested = base64.urlsafe_b64encode(b"[" * 100000).rstrip(b"=").decode()
+    for token in (f"{nested}.e30.AAAA", f"eyJhbGciOiJFUzI1NiJ9.{nested}.AAAA"):
+        resp = request(client_app, token)
+        assert resp.status_code == 401
+        assert resp.get_json()["error"] == "invalid_client"
+
+
+def test_long_jti_and_nul_client_id_never_reach_the_store(
+    client_app: Any, keyed_client: Any
+) -> None:
+    cid, key, kid = keyed_client
+    resp = request(client_app, assertion(cid, key, kid, jti="j" * 200))
+    assert resp.status_code == 200
+    resp = client_app.post(
+        "/token",
+        data={"grant_type": "client_credentials", "client_id": "abc\x00",
+              "client_secret": "x"},
+    )  # fmt: skip
+    assert resp.status_code == 401
+    assert resp.get_json()["error"] == "invalid_client"

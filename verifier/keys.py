@@ -322,7 +322,12 @@ def strict_json(raw: bytes | str) -> Any:
     ``json.loads`` would guess are refused. Raises ``ValueError``.
     """
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    return _STRICT_DECODER.decode(text)
+    try:
+        return _STRICT_DECODER.decode(text)
+    except RecursionError:
+        # Deeply nested arrays exhaust the parser's recursion; a token never
+        # legitimately nests like that.
+        raise ValueError("JSON nested too deeply") from None
 
 
 def b64url_decode(segment: str) -> bytes:

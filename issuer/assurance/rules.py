@@ -20,6 +20,7 @@ __all__ = [
     "bearer_boundary",
     "dpop_boundary",
     "governance_for",
+    "mtls_boundary",
     "rate_client_credential",
     "rate_platform_identity",
     "sender_constrained_reuse",
@@ -46,6 +47,42 @@ _CLIENT_CREDENTIALS: dict[str, dict[str, Rating]] = {
         "unlocking": Rating(0, "nothing proves who can use the key"),
         "reuse": Rating(1, "one key per client; per-instance keys not proven"),
         "recovery": Rating(1, "an operator registers a new key by hand"),
+    },
+    # RFC 8705 section 2.1: a certificate from a CA this issuer pins, matched
+    # by the one subject value an operator registered.
+    "tls_client_auth": {
+        "provenance": Rating(1, "certificate issued by a CA pinned in configuration"),
+        "enrollment": Rating(1, "subject registered by an operator"),
+        "containment": Rating(
+            1, "private key never leaves the workload; storage not proven"
+        ),
+        "unlocking": Rating(0, "nothing proves who can use the key"),
+        "reuse": Rating(1, "per-instance certificates not proven"),
+        "recovery": Rating(1, "re-issue depends on the CA's process, not proven"),
+    },
+    # RFC 8705 section 2.2: a self-signed certificate whose key an operator
+    # registered, rated like that registered key.
+    "self_signed_tls_client_auth": {
+        "provenance": Rating(1, "public key pinned at registration"),
+        "enrollment": Rating(1, "key registered by an operator"),
+        "containment": Rating(
+            1, "private key never leaves the workload; storage not proven"
+        ),
+        "unlocking": Rating(0, "nothing proves who can use the key"),
+        "reuse": Rating(1, "one key per client; per-instance keys not proven"),
+        "recovery": Rating(1, "an operator registers a new key by hand"),
+    },
+    # An X.509-SVID (SPIFFE X509-SVID section 5) over mutual TLS: delivered
+    # and rotated like a JWT-SVID, its trust bundle pinned in a file.
+    "x509_svid": {
+        "provenance": Rating(1, "SPIFFE trust bundle pinned in configuration"),
+        "enrollment": Rating(2, "issued by the SPIFFE trust domain after attestation"),
+        "containment": Rating(1, "key delivered in memory by the Workload API"),
+        "unlocking": Rating(
+            2, "released by the Workload API after workload attestation"
+        ),
+        "reuse": Rating(1, "per-instance keys not proven to the issuer"),
+        "recovery": Rating(2, "rotated automatically by the SPIFFE agent"),
     },
 }
 
@@ -95,9 +132,11 @@ _PLATFORM_CREDENTIALS: dict[str, dict[str, Rating]] = {
 def rate_client_credential(method: str) -> CredentialRating:
     """MAAL ratings of the client's own credential.
 
-    ``method`` is the token endpoint authentication method used.
+    ``method`` is the token endpoint authentication method used, or
+    ``x509_svid`` for ``tls_client_auth`` with an X.509-SVID checked against
+    a SPIFFE trust bundle; the client secret methods share one rating.
     """
-    kind = "private_key_jwt" if method == "private_key_jwt" else "client_secret"
+    kind = method if method in _CLIENT_CREDENTIALS else "client_secret"
     return CredentialRating(kind, _CLIENT_CREDENTIALS[kind])
 
 
@@ -171,6 +210,18 @@ def dpop_boundary(proof: DPoPProof, verifier: DPoPVerifier) -> Rating:
     if (proof.replay_checked or proof.nonce_checked) and verifier.max_age <= 60:
         return Rating(3, "DPoP-bound; the proof was single-use and short-lived")
     return Rating(2, "DPoP-bound; the proof could be replayed within its window")
+
+
+def mtls_boundary(*, via_proxy: bool) -> Rating:
+    """Boundary of a certificate-bound token (RFC 8705 section 3).
+
+    3: possession of the certificate's key was proven in a live TLS
+    handshake, which cannot be replayed; behind a proxy it is the proxy's
+    handshake, trusted by the proxy's address.
+    """
+    if via_proxy:
+        return Rating(3, "certificate-bound; key proven in the trusted proxy's TLS")
+    return Rating(3, "certificate-bound; key proven in a live TLS handshake")
 
 
 def sender_constrained_reuse(credential: CredentialRating) -> CredentialRating:

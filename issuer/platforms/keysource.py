@@ -406,9 +406,11 @@ class RemoteJWKS:
             _log.warning(
                 "JWK Set fetch failed",
                 extra={
-                    "jwks_url": self._url_for_log,
-                    "error": str(exc),
-                    "keeping_previous_keys": self._keys is not None,
+                    "fields": {
+                        "jwks_url": self._url_for_log,
+                        "error": str(exc),
+                        "keeping_previous_keys": self._keys is not None,
+                    }
                 },
             )
             return

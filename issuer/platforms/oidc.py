@@ -595,6 +595,17 @@ def _subject(claims: Mapping[str, Any]) -> str:
     subject = _str_claim(claims, "sub")
     if not subject:
         raise EvidenceError("malformed", "The token has no sub claim.")
+    # The subject becomes the access token's sub and an audit field: no
+    # control characters, no lone surrogates (not encodable as UTF-8), and a
+    # bounded length.
+    if len(subject) > 255 or not subject.isprintable():
+        raise EvidenceError("malformed", "The sub claim is not a printable string.")
+    try:
+        subject.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EvidenceError(
+            "malformed", "The sub claim is not valid Unicode."
+        ) from None
     return subject
 
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
@@ -42,6 +41,8 @@ __all__ = [
     "jwk_thumbprint",
     "load_or_create_secret",
 ]
+
+_SIGNERS = get_default_algorithms()
 
 #: Seconds between checks of ``state.json`` by a running process.
 RELOAD_INTERVAL = 1
@@ -243,6 +244,7 @@ class KeyRing:
         self.jwks_max_age = jwks_max_age
         self.retire_after = max_token_lifetime + clock_skew
         self._lock = threading.Lock()
+        self._headers: dict[tuple[str, str], str] = {}
         self._keys: list[SigningKey] = []
         self._mtime_ns = -1
         self._checked = 0.0
@@ -391,11 +393,23 @@ class KeyRing:
         return None
 
     def sign(self, claims: dict[str, Any], typ: str = "at+jwt") -> str:
-        """Sign ``claims`` as a JWS with the current key and ``typ`` header."""
+        """Sign ``claims`` as a compact JWS (RFC 7515 section 7.1) with the
+        current key and a ``typ`` header.
+
+        The encoded protected header is built once per key and type, and the
+        signature comes from PyJWT's algorithm object, which is what
+        ``jwt.encode`` would do after re-encoding the same header each time.
+        """
         key = self.current()
-        return jwt.encode(
-            claims,
-            key.private_key,
-            algorithm=key.alg,
-            headers={"kid": key.kid, "typ": typ},
-        )
+        cache_key = (key.kid, typ)
+        header = self._headers.get(cache_key)
+        if header is None:
+            raw = json.dumps(
+                {"alg": key.alg, "kid": key.kid, "typ": typ}, separators=(",", ":")
+            )
+            header = _b64url(raw.encode())
+            self._headers[cache_key] = header
+        payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = f"{header}.{payload}"
+        signature = _SIGNERS[key.alg].sign(signing_input.encode(), key.private_key)
+        return f"{signing_input}.{_b64url(signature)}"

@@ -499,6 +499,12 @@ def policy_check(file: str) -> None:
     help="File holding a platform token (subject_token) to rate.",
 )
 @click.option(
+    "--bundle",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help='JSON file: a list of saved evidence pieces, each {"kind", "value"}.',
+)
+@click.option(
     "--audience", "audiences", multiple=True, help="Requested audience (repeat)."
 )
 @click.option("--scope", "scopes", multiple=True, help="Requested scope (repeat).")
@@ -514,6 +520,7 @@ def policy_explain(
     ctx: click.Context,
     client_id: str,
     evidence: str | None,
+    bundle: str | None,
     audiences: tuple[str, ...],
     scopes: tuple[str, ...],
     policy_file: str | None,
@@ -528,9 +535,25 @@ def policy_explain(
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from None
     token = Path(evidence).read_text().strip() if evidence else None
+    pieces: list[str] = []
+    if bundle is not None:
+        try:
+            saved = json.loads(Path(bundle).read_text())
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(
+                f"cannot read: {exc}", param_hint="--bundle"
+            ) from None
+        if not isinstance(saved, list):
+            raise click.BadParameter("a JSON list of pieces", param_hint="--bundle")
+        pieces = [json.dumps(p) for p in saved]
     try:
         result = service.explain(
-            client_id, subject_token=token, audiences=audiences, scopes=scopes, now=at
+            client_id,
+            subject_token=token,
+            evidence=pieces,
+            audiences=audiences,
+            scopes=scopes,
+            now=at,
         )
     except KeyError:
         raise click.ClickException(f"no client {client_id}") from None

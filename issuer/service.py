@@ -584,6 +584,7 @@ class IssuerService:
         client_id: str,
         *,
         subject_token: str | None = None,
+        evidence: Sequence[str] = (),
         audiences: Sequence[str] = (),
         scopes: Sequence[str] = (),
         now: float | None = None,
@@ -592,8 +593,13 @@ class IssuerService:
 
         With ``subject_token`` the decision is that of a token exchange,
         otherwise that of client_credentials with the client's own
-        credential. Raises ``KeyError`` for an unknown client and
-        ``EvidenceError`` when the subject token does not verify.
+        credential. ``evidence`` holds saved pieces in the wire format
+        (``{"kind", "value"}`` JSON texts); they are verified without a
+        nonce, so no piece rates above 2 where freshness is required, and
+        key-bound MAAL ratings are not applied (no key was presented).
+        Raises ``KeyError`` for an unknown client, ``EvidenceError`` when a
+        token or piece does not verify, and ``OAuthError`` for an audience
+        or scope the endpoint would refuse.
         """
         client = self.clients.get(client_id)
         if client is None:
@@ -601,12 +607,20 @@ class IssuerService:
         now_f = time.time() if now is None else now
         if subject_token is not None:
             identity = self.trust.verify(subject_token, now_f)
-            evidence, cred = rate_platform_identity(identity)
-            grant = _Grant(identity.subject, cred, [evidence], None, None)
+            item, cred = rate_platform_identity(identity)
+            grant = _Grant(identity.subject, cred, [item], None, None)
         else:
             cred = rate_client_credential(client.auth_methods[0])
             grant = _Grant(client.subject, cred, [], None, None)
-        assessment = self._assess(client.declared, grant, int(now_f))
+        caps: dict[str, Rating] = {}
+        if evidence:
+            pieces = parse_pieces(evidence, self.settings.max_evidence_bytes)
+            result = Intake(self.policy.evidence).verify(
+                pieces, nonce=None, bound_keys=set(), now=now_f, require_nonce=False
+            )
+            grant.evidence.extend(result.items)
+            caps = result.caps
+        assessment = self._assess(client.declared, grant, int(now_f), caps=caps)
         # The same checks /token makes, so the dry run cannot approve what
         # the endpoint refuses; raises InvalidTarget or InvalidScope.
         auds = self._audiences(client.audiences, {"audience": list(audiences)})

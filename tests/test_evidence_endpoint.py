@@ -224,3 +224,42 @@ def test_metadata_lists_configured_evidence_kinds(evidence_service: Any) -> None
     kinds = evidence_service.metadata()["evidence_kinds_supported"]
     assert "ear" in kinds and "slsa_provenance" in kinds
     assert "tpm_quote" not in kinds
+
+
+def test_cli_explains_a_saved_evidence_bundle(
+    evidence_service: Any, client: str, home: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from issuer.cli import main
+
+    client_id = evidence_service.clients.all()[0].client_id
+    bundle = tmp_path / "bundle.json"
+    saved = [
+        {"kind": "ear", "value": mint_ear(None, instance_identity=2, hardware=2)},
+        {
+            "kind": "slsa_provenance",
+            "value": json.loads(
+                (SLSA / "reusable-workflow-attestation.sigstore.json").read_text()
+            ),
+        },
+    ]
+    bundle.write_text(json.dumps(saved))
+    policy = evidence_service.settings.policy_file
+    result = CliRunner().invoke(
+        main,
+        ["--home", str(home), "policy", "explain", "--client", client_id,
+         "--policy", policy, "--bundle", str(bundle)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    vector = out["assurance_levels"]["mial"]
+    # Saved evidence carries no fresh nonce: capped at 2, but supply chain
+    # (not a freshness property) keeps the builder's level.
+    assert vector["identity_attestation"] == 2
+    assert vector["deployment_environment"] == 2
+    assert vector["supply_chain"] == 3
+    assert [e["kind"] for e in out["assurance_levels"]["evidence"]] == [
+        "ear",
+        "slsa_provenance",
+    ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -90,9 +91,16 @@ class Intake:
         nonce: str | None,
         bound_keys: set[str],
         now: float,
+        require_nonce: bool = True,
     ) -> IntakeResult:
-        """Verify every piece and combine; raises ``EvidenceError``."""
-        if any(p.kind in FRESH_KINDS for p in pieces) and nonce is None:
+        """Verify every piece and combine; raises ``EvidenceError``.
+
+        ``require_nonce`` False (dry runs on saved evidence only) verifies
+        fresh kinds without a nonce, which caps their ratings at 2, and
+        skips the key binding that MAAL ratings need.
+        """
+        fresh = any(p.kind in FRESH_KINDS for p in pieces)
+        if fresh and nonce is None and require_nonce:
             raise EvidenceError("nonce_missing", "this evidence needs a nonce")
         result = IntakeResult()
         verified: list[VerifiedEvidence] = []
@@ -112,6 +120,9 @@ class Intake:
             result.summaries.append({"kind": evidence.kind, "digest": evidence.digest})
         _same_workload(verified)
         for evidence in verified:
+            if not require_nonce and evidence.maal:
+                # A saved bundle proves no key possession: drop MAAL ratings.
+                evidence = dataclasses.replace(evidence, maal={})
             self._combine(evidence, bound_keys, result)
         return result
 

@@ -351,9 +351,12 @@ class ClientRegistry:
                 rec.declared = json.dumps(_check_declared(value))
             elif name == "jwks":
                 # Registering a key moves the client to private_key_jwt; its
-                # secrets stop working at once.
+                # secrets stop working at once. A self-signed certificate
+                # client (RFC 8705 section 2.2) keeps its method: new keys
+                # are how its certificates rotate.
                 rec.jwks = json.dumps(validate_client_jwks(value))
-                rec.auth_methods = json.dumps(["private_key_jwt"])
+                if "self_signed_tls_client_auth" not in json.loads(rec.auth_methods):
+                    rec.auth_methods = json.dumps(["private_key_jwt"])
                 rec.secret_hash = None
                 rec.previous_secret_hash = None
                 rec.previous_secret_expires_at = None

@@ -457,6 +457,23 @@ def test_mtls_clients_get_no_secret(mtls_service: Any) -> None:
     assert client.public_view()["tls_client_auth_san_uri"] == SPIFFE_ID
 
 
+def test_new_keys_keep_a_self_signed_client_on_its_method(
+    app: Any, mtls_service: Any
+) -> None:
+    old, new = issue(None, cn="old"), issue(None, cn="new")
+    client_id = register(
+        mtls_service, jwks={"keys": [public_jwk(old.key)]}, self_signed_tls=True
+    )
+
+    client, _ = mtls_service.clients.update(
+        client_id, jwks={"keys": [public_jwk(new.key)]}
+    )
+
+    assert client.auth_methods == ("self_signed_tls_client_auth",)
+    assert post(app, client_id, new).status_code == 200
+    assert post(app, client_id, old).get_json()["error"] == "invalid_client"
+
+
 def test_settings_for_proxy_mode(tmp_path: Path) -> None:
     env = {
         "WIMSE_ISSUER_MTLS_PROXY_HEADER": HEADER,

@@ -129,7 +129,7 @@ class Policy:
             raise PolicyError("evidence must be a table ([evidence.KIND])")
         try:
             evidence = EvidenceSettings.from_mapping(raw_evidence, base, activation_key)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise PolicyError(str(exc)) from None
         return cls(version, default, rules, evidence)
 

@@ -518,20 +518,21 @@ class IssuerService:
                 raise EvidenceError(
                     "nonce_unknown", "nonce unknown, expired, used or not yours"
                 )
-            bound = {
-                k
-                for k in (auth.key_thumbprint, (binding.cnf or {}).get("jkt"))
-                if k is not None
-            }
+            credential = {auth.key_thumbprint} - {None}
+            held = credential | ({(binding.cnf or {}).get("jkt")} - {None})
             result = Intake(self.policy.evidence).verify(
-                pieces, nonce=nonce, bound_keys=bound, now=now
+                pieces,
+                nonce=nonce,
+                bound_keys=held,  # type: ignore[arg-type]
+                credential_keys=credential,  # type: ignore[arg-type]
+                now=now,
+                audit=entry.evidence,
             )
         except EvidenceError as exc:
             raise InvalidRequest(
                 f"evidence rejected: {exc.reason}",
                 detail=f"evidence: {exc.reason}: {exc}",
             ) from None
-        entry.evidence.extend(result.summaries)
         grant.evidence.extend(result.items)
         if result.maal:
             grant.credential_rating = upgrade_credential(
@@ -548,6 +549,7 @@ class IssuerService:
         Stateless: the secret is an HMAC under the issuer's activation key,
         recomputed from each later quote bundle.
         """
+        self.reload_policy_if_changed()
         single = _single_values(params)
         client = self.authenticator.authenticate(single, authorization).client
         self._limit(client.client_id)
@@ -561,7 +563,7 @@ class IssuerService:
             ek_certificates = [base64.b64decode(c, validate=True) for c in chain]
             ek_public = base64.b64decode(single.get("ek_public", ""), validate=True)
             ak_public = base64.b64decode(single.get("ak_public", ""), validate=True)
-        except (ValueError, TypeError, binascii.Error):
+        except (ValueError, TypeError, binascii.Error, RecursionError):
             raise InvalidRequest(
                 "ek_certificates (JSON array), ek_public and ak_public (base64) needed"
             ) from None
@@ -787,6 +789,7 @@ class IssuerService:
         Evidence that must be fresh (TPM quotes, Nitro documents, attestation
         results) carries it; the token request names it in ``nonce``.
         """
+        self.reload_policy_if_changed()
         single = _single_values(params)
         client = self.authenticator.authenticate(single, authorization).client
         self._limit(client.client_id)

@@ -189,7 +189,8 @@ class TokenFastPath:
         # WSGI folds repeated header fields into one comma-joined value; a
         # compact JWS has no comma, so splitting restores the fields and the
         # DPoP module refuses more than one (RFC 9449 section 4.3).
-        proofs = dpop.split(",") if dpop else []
+        # An empty DPoP field is still a DPoP field: refused, not ignored.
+        proofs = dpop.split(",") if dpop is not None else []
         cert = self.service.client_certificate(
             environ.get(self.cert_key) if self.cert_key else None,
             environ.get("REMOTE_ADDR"),

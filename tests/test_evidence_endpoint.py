@@ -19,6 +19,7 @@ from .conftest import DATA, basic
 
 EAR = DATA / "ear"
 SLSA = DATA / "slsa-provenance"
+ARTIFACT = "sha256:49a3aa6075e0f49f82843e74b5baa614ad2a588e6675612bf108a0a008c5ac25"
 SIGNER = (
     "https://github.com/github/artifact-attestations-workflows/.github/workflows/"
     "attest.yml@09b495c3f12c7881b3cc17209a327792065c1a1d"
@@ -38,6 +39,7 @@ max_age = 300
 [evidence.provenance]
 trusted_root_file = "{SLSA / "trusted-root-public-good.json"}"
 source_repositories = ["https://github.com/malancas/attest-demo"]
+artifact_digests = ["{ARTIFACT}"]
 [[evidence.provenance.builders]]
 identity = "{SIGNER}"
 issuer = "https://token.actions.githubusercontent.com"
@@ -117,8 +119,11 @@ def test_fresh_ear_and_provenance_reach_mial4(
     kinds = [e["kind"] for e in levels["evidence"]]
     assert kinds == ["ear", "slsa_provenance"]
     record = evidence_service.audit.by_jti(claims["jti"])
-    assert record["evidence"] == levels["evidence"]
+    assert [{"kind": e["kind"], "digest": e["digest"]} for e in record["evidence"]] == (
+        levels["evidence"]
+    )
     assert all(e["digest"].startswith("sha-256:") for e in record["evidence"])
+    assert record["evidence"][0]["details"]["status"] == "affirming"
 
 
 def test_warning_status_caps_mial_at_2(evidence_service: Any, client: str) -> None:
@@ -263,3 +268,77 @@ def test_cli_explains_a_saved_evidence_bundle(
         "ear",
         "slsa_provenance",
     ]
+
+
+def test_provenance_for_an_artifact_not_known_to_run_here_is_refused(
+    make_service: Any, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f"""
+version = "ev-2"
+[evidence.provenance]
+trusted_root_file = "{SLSA / "trusted-root-public-good.json"}"
+source_repositories = ["https://github.com/malancas/attest-demo"]
+artifact_digests = ["sha256:{"0" * 64}"]
+[[evidence.provenance.builders]]
+identity = "{SIGNER}"
+issuer = "https://token.actions.githubusercontent.com"
+builder_id = "https://github.com/actions/runner/github-hosted"
+level = 3
+"""
+    )
+    service = make_service(policy_file=str(policy))
+    c, secret = service.clients.add("pub", audiences=["https://api.test"])
+    bundle = json.loads(
+        (SLSA / "reusable-workflow-attestation.sigstore.json").read_text()
+    )
+    with pytest.raises(InvalidRequest) as info:
+        request(service, basic(c.client_id, secret), piece("slsa_provenance", bundle))
+    assert "subject_mismatch" in info.value.detail
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 5000,
+        json.dumps({"kind": "slsa_provenance", "value": "\ud800"}),
+        '{"kind": "ear", "kind": "slsa_provenance", "value": "x"}',
+    ],
+)
+def test_malformed_evidence_is_refused_and_audited(
+    evidence_service: Any, client: str, text: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        request(evidence_service, client, text)
+    assert "malformed" in info.value.detail
+    record = evidence_service.audit.recent(limit=1)[0]
+    assert (record["decision"], record["error"]) == ("refused", "invalid_request")
+
+
+def test_refusals_record_the_pieces_already_verified(
+    evidence_service: Any, client: str
+) -> None:
+    nonce = evidence_service.challenge({}, client)["nonce"]
+    good = piece("ear", mint_ear(nonce, instance_identity=2))
+    with pytest.raises(InvalidRequest):
+        request(evidence_service, client, good, piece("tee_magic", "x"), nonce=nonce)
+    record = evidence_service.audit.recent(limit=1)[0]
+    assert [e["kind"] for e in record["evidence"]] == ["ear"]
+    assert record["evidence"][0]["details"]["status"] == "affirming"
+
+
+def test_policy_values_of_the_wrong_type_are_policy_errors(tmp_path: Path) -> None:
+    from issuer.policy import Policy, PolicyError
+
+    bad = tmp_path / "bad.toml"
+    for table in (
+        f'[evidence.ear]\nkey_files = ["{EAR / "pkey.pem"}"]\nmax_age = [1]\n',
+        f'[evidence.ear]\nkey_files = ["{EAR / "pkey.pem"}"]\nprofile = 5\n',
+        '[evidence.nitro]\nroot_files = ["'
+        + str(DATA / "nitro-attestation" / "AWS_NitroEnclaves_Root-G1.root.pem")
+        + '"]\nallow_debug = "false"\n',
+    ):
+        bad.write_text('version = "x"\n' + table)
+        with pytest.raises(PolicyError):
+            Policy.load(str(bad))

@@ -50,8 +50,8 @@ def parse_pieces(values: Sequence[str], max_bytes: int) -> list[Piece]:
         if len(text) > max_bytes:
             raise EvidenceError("too_large", "a piece of evidence is too large")
         try:
-            data = json.loads(text)
-        except ValueError:
+            data = json.loads(text, object_pairs_hook=_unique_members)
+        except (ValueError, RecursionError):
             raise EvidenceError("malformed", "evidence is not JSON") from None
         if not isinstance(data, dict) or set(data) != {"kind", "value"}:
             raise EvidenceError("malformed", 'evidence is {"kind": ..., "value": ...}')
@@ -62,6 +62,17 @@ def parse_pieces(values: Sequence[str], max_bytes: int) -> list[Piece]:
     return pieces
 
 
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 8259 section 4 leaves duplicate names to the parser; refusing them
+    # means every reader sees the same kind and value.
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise ValueError(f"duplicate member {name}")
+        out[name] = value
+    return out
+
+
 @dataclass
 class IntakeResult:
     """Verified evidence turned into what the assessor consumes."""
@@ -69,7 +80,7 @@ class IntakeResult:
     items: list[EvidenceItem] = field(default_factory=list)
     caps: dict[str, Rating] = field(default_factory=dict)
     maal: dict[str, Rating] = field(default_factory=dict)
-    summaries: list[dict[str, str]] = field(default_factory=list)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Intake:
@@ -92,13 +103,23 @@ class Intake:
         bound_keys: set[str],
         now: float,
         require_nonce: bool = True,
+        credential_keys: set[str] | None = None,
+        audit: list[dict[str, Any]] | None = None,
     ) -> IntakeResult:
         """Verify every piece and combine; raises ``EvidenceError``.
 
         ``require_nonce`` False (dry runs on saved evidence only) verifies
         fresh kinds without a nonce, which caps their ratings at 2, and
-        skips the key binding that MAAL ratings need.
+        skips the key binding that MAAL ratings need. Key evidence must bind
+        one of ``bound_keys`` (keys the client proved possession of: its
+        authentication key, its DPoP key); its MAAL ratings count only for
+        ``credential_keys`` (the authentication key), since MAAL rates the
+        credential the client authenticated with. ``audit`` receives each
+        verified piece's kind, digest and details as it is verified, so a
+        refusal part-way still records what was checked.
         """
+        credential_keys = bound_keys if credential_keys is None else credential_keys
+        audit = [] if audit is None else audit
         fresh = any(p.kind in FRESH_KINDS for p in pieces)
         if fresh and nonce is None and require_nonce:
             raise EvidenceError("nonce_missing", "this evidence needs a nonce")
@@ -110,20 +131,28 @@ class Intake:
         ak_public: bytes | None = None
         for piece in ordered:
             started = time.perf_counter()
-            evidence = self._one(piece, nonce, ak_public, now)
+            try:
+                evidence = self._one(piece, nonce, ak_public, now)
+            except (RecursionError, UnicodeError):
+                # Parsers of nested or non-UTF-8 input fail this way; it is
+                # malformed evidence, not a server fault.
+                raise EvidenceError("malformed", "evidence is malformed") from None
             metrics.EVIDENCE_SECONDS.labels(piece.kind).observe(
                 time.perf_counter() - started
             )
             if piece.kind == "tpm_quote":
                 ak_public = _ak_public(piece.value)
             verified.append(evidence)
-            result.summaries.append({"kind": evidence.kind, "digest": evidence.digest})
+            summary = {"kind": evidence.kind, "digest": evidence.digest}
+            result.summaries.append(summary)
+            audit.append({**summary, "details": dict(evidence.details)})
         _same_workload(verified)
+        self._bind_provenance(verified)
         for evidence in verified:
             if not require_nonce and evidence.maal:
                 # A saved bundle proves no key possession: drop MAAL ratings.
                 evidence = dataclasses.replace(evidence, maal={})
-            self._combine(evidence, bound_keys, result)
+            self._combine(evidence, bound_keys, credential_keys, result)
         return result
 
     def _verifier(self, kind: str) -> Callable[..., VerifiedEvidence]:
@@ -185,9 +214,30 @@ class Intake:
         expected_nonce = nonce.encode("ascii") if nonce is not None else None
         return verify(raw, policy=policy, expected_nonce=expected_nonce, now=now)
 
+    def _bind_provenance(self, verified: Sequence[VerifiedEvidence]) -> None:
+        """Provenance counts only for an artifact known to run here: one of
+        its subjects must be a configured artifact digest or a ``sha256:``
+        subject another piece reports. A public bundle alone proves nothing
+        about the caller."""
+        known = set(self.settings.artifact_digests)
+        for evidence in verified:
+            if evidence.kind != "slsa_provenance":
+                known.update(s for s in evidence.subjects if s.startswith("sha256:"))
+        for evidence in verified:
+            if evidence.kind == "slsa_provenance" and not (
+                set(evidence.subjects) & known
+            ):
+                raise EvidenceError(
+                    "subject_mismatch",
+                    "the provenance names no artifact known to run here",
+                )
+
     @staticmethod
     def _combine(
-        evidence: VerifiedEvidence, bound_keys: set[str], result: IntakeResult
+        evidence: VerifiedEvidence,
+        bound_keys: set[str],
+        credential_keys: set[str],
+        result: IntakeResult,
     ) -> None:
         if evidence.contraindicated:
             raise EvidenceError(
@@ -214,6 +264,10 @@ class Intake:
                 raise EvidenceError(
                     "key_mismatch", "the evidence binds a key the client did not use"
                 )
+            if evidence.bound_key not in credential_keys:
+                # A hardware-held DPoP key protects the token, not the
+                # credential that obtained it: recorded, not rated.
+                return
             for dim, rating in evidence.maal.items():
                 current = result.maal.get(dim)
                 if current is None or rating.value > current.value:

@@ -68,6 +68,8 @@ class EvidenceSettings:
     ear: ear.EarPolicy | None = None
     nitro: nitro.NitroPolicy | None = None
     provenance: provenance.ProvenancePolicy | None = None
+    #: Artifact digests (``sha256:<hex>``) provenance may vouch for.
+    artifact_digests: tuple[str, ...] = ()
 
     @classmethod
     def from_mapping(
@@ -85,6 +87,7 @@ class EvidenceSettings:
             provenance=_provenance(data["provenance"], base)
             if "provenance" in data
             else None,
+            artifact_digests=_artifacts(data.get("provenance", {})),
         )
 
     def kinds(self) -> list[str]:
@@ -159,9 +162,11 @@ def _ear(table: Mapping[str, Any], base: Path) -> ear.EarPolicy:
         raise ValueError(f"{where}.key_files must name at least one key")
     kwargs: dict[str, Any] = {}
     if "profile" in table:
-        kwargs["profile"] = str(table["profile"])
+        if not isinstance(table["profile"], str) or not table["profile"]:
+            raise ValueError(f"{where}.profile must be a string")
+        kwargs["profile"] = table["profile"]
     if "max_age" in table:
-        kwargs["max_age"] = int(table["max_age"])
+        kwargs["max_age"] = _int(table, "max_age", where, 1, 31_536_000)
     return ear.EarPolicy(keys=tuple(keys), **kwargs)
 
 
@@ -179,21 +184,47 @@ def _nitro(table: Mapping[str, Any], base: Path) -> nitro.NitroPolicy:
     raw = table.get("reference_pcrs", {})
     if not isinstance(raw, Mapping):
         raise ValueError(f"{where}.reference_pcrs must be a table")
-    pcrs = {int(k): _hex(v, f"{where}.reference_pcrs.{k}") for k, v in raw.items()}
+    pcrs = {}
+    for k, v in raw.items():
+        if not str(k).isdigit() or not 0 <= int(k) <= 31:
+            raise ValueError(f"{where}.reference_pcrs: PCR index 0..31, not {k!r}")
+        pcrs[int(k)] = _hex(v, f"{where}.reference_pcrs.{k}")
+    allow_debug = table.get("allow_debug", False)
+    if not isinstance(allow_debug, bool):
+        raise ValueError(f"{where}.allow_debug must be true or false")
     kwargs: dict[str, Any] = {}
     if "max_age" in table:
-        kwargs["max_age"] = int(table["max_age"])
+        kwargs["max_age"] = _int(table, "max_age", where, 1, 86400)
     return nitro.NitroPolicy(
-        roots=tuple(roots),
-        reference_pcrs=pcrs,
-        allow_debug=bool(table.get("allow_debug", False)),
-        **kwargs,
+        roots=tuple(roots), reference_pcrs=pcrs, allow_debug=allow_debug, **kwargs
     )
+
+
+def _artifacts(table: Mapping[str, Any]) -> tuple[str, ...]:
+    values = table.get("artifact_digests", [])
+    if not isinstance(values, list) or not all(
+        isinstance(v, str) and v.startswith("sha256:") and len(v) == 71 for v in values
+    ):
+        raise ValueError(
+            "evidence.provenance.artifact_digests must be a list of sha256:<hex>"
+        )
+    return tuple(values)
+
+
+def _int(table: Mapping[str, Any], key: str, where: str, low: int, high: int) -> int:
+    value = table[key]
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{where}.{key} must be an integer {low}..{high}")
+    return value
 
 
 def _provenance(table: Mapping[str, Any], base: Path) -> provenance.ProvenancePolicy:
     where = "evidence.provenance"
-    _unknown(table, {"trusted_root_file", "builders", "source_repositories"}, where)
+    _unknown(
+        table,
+        {"trusted_root_file", "builders", "source_repositories", "artifact_digests"},
+        where,
+    )
     root_files = _files(table, "trusted_root_file", base, where)
     if len(root_files) != 1:
         raise ValueError(f"{where}.trusted_root_file must name one file")
@@ -205,17 +236,19 @@ def _provenance(table: Mapping[str, Any], base: Path) -> provenance.ProvenancePo
     for i, row in enumerate(table.get("builders", [])):
         if not isinstance(row, Mapping):
             raise ValueError(f"{where}.builders[{i}] must be a table")
-        try:
-            builders.append(
-                provenance.TrustedBuilder(
-                    identity=str(row["identity"]),
-                    issuer=str(row["issuer"]),
-                    builder_id=str(row["builder_id"]),
-                    level=int(row["level"]),
-                )
+        texts = [row.get(k) for k in ("identity", "issuer", "builder_id")]
+        if not all(isinstance(t, str) and t for t in texts):
+            raise ValueError(
+                f"{where}.builders[{i}]: identity, issuer, builder_id are strings"
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{where}.builders[{i}]: {exc}") from None
+        builders.append(
+            provenance.TrustedBuilder(
+                identity=row["identity"],
+                issuer=row["issuer"],
+                builder_id=row["builder_id"],
+                level=_int(row, "level", f"{where}.builders[{i}]", 1, 3),
+            )
+        )
     repos = table.get("source_repositories", [])
     if not isinstance(repos, list) or not all(isinstance(r, str) for r in repos):
         raise ValueError(f"{where}.source_repositories must be a list of strings")

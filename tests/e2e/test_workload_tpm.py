@@ -50,6 +50,8 @@ SIGNER = (
 GITHUB = "https://token.actions.githubusercontent.com"
 BUILDER_ID = "https://github.com/actions/runner/github-hosted"
 REPOSITORY = "https://github.com/malancas/attest-demo"
+# The subject digest of the bundle (its SOURCE.md): the artifact this workload runs.
+ARTIFACT = "sha256:49a3aa6075e0f49f82843e74b5baa614ad2a588e6675612bf108a0a008c5ac25"
 AUDIENCE = "https://api.test"
 # What the fixture measures into PCR 7, standing in for a secure-boot state.
 MEASUREMENT = b"secure boot: enabled"
@@ -94,6 +96,7 @@ max_age = 300
 [evidence.provenance]
 trusted_root_file = {json.dumps(str(SLSA / "trusted-root-public-good.json"))}
 source_repositories = ["{REPOSITORY}"]
+artifact_digests = ["{ARTIFACT}"]
 
 [[evidence.provenance.builders]]
 identity = "{SIGNER}"

@@ -416,8 +416,9 @@ def test_fetch_failure_is_logged_without_token_or_query(
         assert reason(lambda: sources.verify(token, NOW)) == "fetch_failed"
 
     [record] = [r for r in caplog.records if r.name == keysource.__name__]
-    assert record.__dict__["jwks_url"] == server.base + "/jwks"
-    assert record.__dict__["error"] == "JWK Set URL answered 503"
+    fields = record.__dict__["fields"]
+    assert fields["jwks_url"] == server.base + "/jwks"
+    assert fields["error"] == "JWK Set URL answered 503"
     assert "s3cret" not in record.getMessage()
     assert token not in caplog.text
 

@@ -247,6 +247,12 @@ def _tls_auth(value: str | None) -> dict[str, str] | None:
     help="With --jwks: authenticate with a self-signed certificate holding one "
     "of those keys (RFC 8705 self_signed_tls_client_auth).",
 )
+@click.option(
+    "--spiffe-id",
+    default=None,
+    help="Authenticate with JWT-SVIDs for this SPIFFE ID as client assertions "
+    "(it also becomes the token sub).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def client_add(
@@ -263,6 +269,7 @@ def client_add(
     dpop_bound: bool | None,
     tls_auth: str | None,
     self_signed_tls: bool,
+    spiffe_id: str | None,
     as_json: bool,
 ) -> None:
     """Register a client; its secret is printed once."""
@@ -281,6 +288,7 @@ def client_add(
             dpop_bound=bool(dpop_bound),
             tls_auth=_tls_auth(tls_auth),
             self_signed_tls=self_signed_tls,
+            spiffe_id=spiffe_id,
         )
     except RegistrationError as exc:
         raise click.ClickException(str(exc)) from None

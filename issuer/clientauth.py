@@ -22,7 +22,7 @@ import binascii
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -31,14 +31,16 @@ import jwt
 from jwt.algorithms import get_default_algorithms
 
 from .clients import Client, ClientRegistry
-from .errors import InvalidClient, InvalidRequest
+from .errors import EvidenceError, InvalidClient, InvalidRequest
 from .keys import jwk_thumbprint
 from .mtls import TlsClientAuth, X509Bundle, verify_x509_svid
+from .platforms import PlatformIdentity
 from .replay import ReplayStore
 
 __all__ = ["ASSERTION_ALGORITHMS", "AuthenticatedClient", "ClientAuthenticator"]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+SPIFFE_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe"
 # RFC 8725 section 3.1: an explicit allow-list; never "none", never HMAC,
 # since a client's registered key is public and must not double as a secret.
 ASSERTION_ALGORITHMS = ("ES256", "ES384", "ES512", "EdDSA", "PS256", "PS384", "RS256")
@@ -56,6 +58,8 @@ class AuthenticatedClient:
     key_thumbprint: str | None = None
     #: The SPIFFE ID of an X.509-SVID that authenticated the client.
     spiffe_id: str | None = None
+    #: The verified JWT-SVID of a ``spiffe_jwt`` client assertion.
+    identity: PlatformIdentity | None = None
 
     @property
     def credential(self) -> str:
@@ -102,6 +106,8 @@ class ClientAuthenticator:
         self.skew = clock_skew
         self.max_token_bytes = max_token_bytes
         self._keys: dict[tuple[str, str], Any] = {}
+        #: Verifies a JWT-SVID (the service wires its trust sources here).
+        self.svid_verifier: Callable[[str, float], PlatformIdentity] | None = None
 
     def authenticate(
         self,
@@ -218,8 +224,38 @@ class ClientAuthenticator:
             ) from None
         return AuthenticatedClient(client, method)
 
+    def _check_jwt_svid(self, params: Mapping[str, str]) -> AuthenticatedClient:
+        """A JWT-SVID as the client assertion (docs/platforms.md, "JWT-SVID
+        client assertions"; after draft-schwenkschuster-oauth-spiffe-client-auth).
+
+        The SVID is verified like a SPIFFE subject token: signature by the
+        trust domain's bundle, ``aud`` the issuer, lifetime within the trust
+        source's ``max_lifetime``. It may lack ``iss`` and ``jti`` and is
+        reused until it expires, so it is not single-use; its ``sub`` must be
+        the SPIFFE ID registered for ``client_id``.
+        """
+        client_id = params.get("client_id", "")
+        client = self._usable(client_id, "spiffe_jwt")
+        token = params["client_assertion"].strip()
+        if self.svid_verifier is None or len(token) > self.max_token_bytes:
+            raise InvalidClient("JWT-SVID client assertions are not configured")
+        try:
+            identity = self.svid_verifier(token, time.time())
+        except EvidenceError as exc:
+            raise InvalidClient(
+                f"JWT-SVID rejected: {exc.reason}", detail=f"JWT-SVID: {exc}"
+            ) from None
+        if identity.platform != "spiffe" or identity.subject != client.subject:
+            raise InvalidClient(
+                "JWT-SVID does not name this client's SPIFFE ID",
+                detail=f"client {client_id[:64]!r}: SVID for another SPIFFE ID",
+            )
+        return AuthenticatedClient(client, "spiffe_jwt", identity=identity)
+
     def _check_assertion(self, params: Mapping[str, str]) -> AuthenticatedClient:
         """RFC 7523 section 3 with the single-string ``aud`` of RFC 7521 4.2."""
+        if params.get("client_assertion_type") == SPIFFE_ASSERTION_TYPE:
+            return self._check_jwt_svid(params)
         if params.get("client_assertion_type") != ASSERTION_TYPE:
             raise InvalidClient("unsupported client_assertion_type")
         token = params["client_assertion"]

@@ -23,6 +23,7 @@ from verifier.levels import load_scheme
 
 from .keys import SecretHasher
 from .mtls import SUBJECT_METADATA, validate_tls_client_metadata
+from .platforms.spiffe import parse_spiffe_id
 from .storage import ClientRecord, Database
 
 __all__ = [
@@ -289,6 +290,7 @@ class ClientRegistry:
         dpop_bound: bool = False,
         tls_auth: Mapping[str, str] | None = None,
         self_signed_tls: bool = False,
+        spiffe_id: str | None = None,
         owner: str = "",
     ) -> tuple[Client, str | None]:
         """Register a client; return it and its secret (shown only here).
@@ -297,11 +299,26 @@ class ClientRegistry:
         or with ``self_signed_tls`` by a certificate holding one of those keys
         (RFC 8705 section 2.2); with ``tls_auth``, one RFC 8705 section 2.1.2
         subject parameter, by a CA-issued certificate. Such clients get no
-        secret. Raises ``RegistrationError``.
+        secret. With ``spiffe_id`` the client authenticates with a JWT-SVID
+        for that SPIFFE ID as its client assertion (docs/platforms.md,
+        "JWT-SVID client assertions"), which also becomes its token ``sub``.
+        Raises ``RegistrationError``.
         """
         if not name or len(name) > 200:
             raise RegistrationError("name must be 1..200 characters")
-        methods = _auth_methods(jwks, tls_auth, self_signed_tls)
+        if spiffe_id is not None:
+            if jwks is not None or tls_auth is not None or self_signed_tls:
+                raise RegistrationError("a SPIFFE ID client takes no other credential")
+            try:
+                parse_spiffe_id(spiffe_id)
+            except ValueError as exc:
+                raise RegistrationError(f"invalid SPIFFE ID: {exc}") from None
+            subject = spiffe_id
+        methods = (
+            ["spiffe_jwt"]
+            if spiffe_id is not None
+            else _auth_methods(jwks, tls_auth, self_signed_tls)
+        )
         client_id = secrets.token_urlsafe(18)
         uses_secret = methods[0].startswith("client_secret")
         secret = secrets.token_urlsafe(32) if uses_secret else None

@@ -42,7 +42,13 @@ from .assurance.rules import (
     upgrade_credential,
 )
 from .audit import AuditEntry, AuditLog
-from .clientauth import ASSERTION_ALGORITHMS, AuthenticatedClient, ClientAuthenticator
+from .clientauth import (
+    ASSERTION_ALGORITHMS,
+    ASSERTION_TYPE,
+    SPIFFE_ASSERTION_TYPE,
+    AuthenticatedClient,
+    ClientAuthenticator,
+)
 from .clients import (
     GRANT_CLIENT_CREDENTIALS,
     GRANT_TOKEN_EXCHANGE,
@@ -211,6 +217,7 @@ class IssuerService:
             clock_skew=settings.clock_skew,
             max_token_bytes=settings.max_token_bytes,
         )
+        self.authenticator.svid_verifier = self.trust.verify
         self.minter = AccessTokenMinter(self.keyring, self.issuer)
         self.audit = AuditLog(self.db)
 
@@ -342,7 +349,13 @@ class IssuerService:
         entry.audience = audiences
         requested = _request_requirement(single)
 
-        if grant_type == GRANT_CLIENT_CREDENTIALS:
+        if grant_type == GRANT_CLIENT_CREDENTIALS and auth.identity is not None:
+            # A JWT-SVID client assertion is platform evidence as well as the
+            # credential: rated like a SPIFFE subject token.
+            item, cred = rate_platform_identity(auth.identity)
+            grant = _Grant(client.subject, cred, [item], None, None)
+            entry.evidence.append(item.summary())
+        elif grant_type == GRANT_CLIENT_CREDENTIALS:
             grant = _Grant(
                 client.subject, rate_client_credential(auth.credential), [], None, None
             )
@@ -924,7 +937,8 @@ class IssuerService:
             "challenge_endpoint": f"{self.issuer}/challenge",
             "tpm_activation_endpoint": f"{self.issuer}/tpm/activate",
             "grant_types_supported": [GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE],
-            "token_endpoint_auth_methods_supported": [*methods, *mtls],
+            "token_endpoint_auth_methods_supported": [*methods, *mtls, "spiffe_jwt"],
+            "client_assertion_types_supported": [ASSERTION_TYPE, SPIFFE_ASSERTION_TYPE],
             "token_endpoint_auth_signing_alg_values_supported": list(
                 ASSERTION_ALGORITHMS
             ),

@@ -74,8 +74,8 @@ class Options:
     """Settings shared by the starters."""
 
     #: Granian blocking threads per worker for the Python peers; keep it
-    #: equal to what ``wimse-issuer serve`` uses (issuer/cli.py). Default 1.
-    peer_threads: int = 1
+    #: equal to what ``wimse-issuer serve`` uses (issuer/cli.py). Default 4.
+    peer_threads: int = 4
 
 
 def _fixed(load: Load) -> Callable[[int, str], Load]:

@@ -25,7 +25,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import math
 import re
 import secrets
@@ -38,6 +37,8 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import get_default_algorithms
 from jwt.exceptions import PyJWTError
+
+from verifier.keys import strict_json
 
 from .errors import OAuthError
 from .keys import jwk_thumbprint
@@ -515,29 +516,12 @@ def _check_ath(claims: dict[str, Any], access_token: str) -> None:
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_unique_members,
-            parse_constant=_reject_constant,
-        )
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        value = strict_json(raw)
+    except ValueError:
         raise InvalidDPoPProof("DPoP proof is not valid JSON") from None
     if not isinstance(value, dict):
         raise InvalidDPoPProof("DPoP proof header and payload must be objects")
     return value
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 7515 section 4 lets a parser reject duplicate header names; doing
-    # so for claims too means no two parsers can read a proof differently.
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate member")
-    return out
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _b64url(data: bytes) -> str:

@@ -827,13 +827,7 @@ class IssuerService:
     ) -> dict[str, Any]:
         """RFC 7662 section 2: the token's claims when active and visible to
         the caller, else ``{"active": false}``."""
-        single = _single_values(params)
-        caller = self.authenticator.authenticate(single, authorization).client
-        token = single.get("token")
-        if not token:
-            raise InvalidRequest("token is required")
-        now = time.time() if now is None else now
-        claims = self._lookup(token, now)
+        caller, claims, now = self._about_token(params, authorization, now)
         if claims is None:
             return {"active": False}
         aud = claims.get("aud")
@@ -870,6 +864,23 @@ class IssuerService:
                 out[name] = claims[name]
         return out
 
+    def _about_token(
+        self,
+        params: Mapping[str, Sequence[str]],
+        authorization: str | None,
+        now: float | None,
+    ) -> tuple[Client, dict[str, Any] | None, float]:
+        """Authenticate the caller of /introspect or /revoke and read the
+        ``token`` parameter: the caller, the token's claims (``None`` when it
+        is not an active token of ours) and the time used."""
+        single = _single_values(params)
+        caller = self.authenticator.authenticate(single, authorization).client
+        token = single.get("token")
+        if not token:
+            raise InvalidRequest("token is required")
+        now = time.time() if now is None else now
+        return caller, self._lookup(token, now), now
+
     def _lookup(self, token: str, now: float) -> dict[str, Any] | None:
         if len(token) > self.settings.max_token_bytes:
             return None
@@ -891,13 +902,7 @@ class IssuerService:
         Unknown, invalid or expired tokens succeed silently (section 2.2);
         a token of another client is refused with ``unauthorized_client``.
         """
-        single = _single_values(params)
-        caller = self.authenticator.authenticate(single, authorization).client
-        token = single.get("token")
-        if not token:
-            raise InvalidRequest("token is required")
-        now = time.time() if now is None else now
-        claims = self._lookup(token, now)
+        caller, claims, now = self._about_token(params, authorization, now)
         if claims is None:
             return
         if claims.get("client_id") != caller.client_id:

@@ -45,6 +45,8 @@ from jwt.exceptions import (
     PyJWTError,
 )
 
+from verifier.keys import strict_json
+
 from ..assurance.engine import Rating
 from ..config import ConfigError
 from ..errors import EvidenceError
@@ -202,29 +204,10 @@ def _b64url(segment: str) -> bytes:
         raise ValueError("not base64url") from None
 
 
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 7515 section 5.2 step 4: a member name appears once. Two parsers
-    # keeping different duplicates would disagree about what was signed.
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError("duplicate member name")
-        result[name] = value
-    return result
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _json_object(segment: str, part: str) -> dict[str, Any]:
     try:
-        value = json.loads(
-            _b64url(segment).decode("utf-8"),
-            object_pairs_hook=_unique_members,
-            parse_constant=_no_constants,
-        )
-    except (ValueError, RecursionError):
+        value = strict_json(_b64url(segment))
+    except ValueError:
         raise EvidenceError("malformed", f"The EAR {part} is not JSON.") from None
     if not isinstance(value, dict):
         raise EvidenceError("malformed", f"The EAR {part} is not a JSON object.")

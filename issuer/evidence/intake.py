@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from verifier.keys import strict_json
+
 from .. import metrics
 from ..assurance.engine import EvidenceItem, Rating
 from ..errors import EvidenceError
@@ -50,8 +52,8 @@ def parse_pieces(values: Sequence[str], max_bytes: int) -> list[Piece]:
         if len(text) > max_bytes:
             raise EvidenceError("too_large", "a piece of evidence is too large")
         try:
-            data = json.loads(text, object_pairs_hook=_unique_members)
-        except (ValueError, RecursionError):
+            data = strict_json(text)
+        except ValueError:
             raise EvidenceError("malformed", "evidence is not JSON") from None
         if not isinstance(data, dict) or set(data) != {"kind", "value"}:
             raise EvidenceError("malformed", 'evidence is {"kind": ..., "value": ...}')
@@ -60,17 +62,6 @@ def parse_pieces(values: Sequence[str], max_bytes: int) -> list[Piece]:
             raise EvidenceError("malformed", "evidence kind or value has a wrong type")
         pieces.append(Piece(kind, value, len(text)))
     return pieces
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 8259 section 4 leaves duplicate names to the parser; refusing them
-    # means every reader sees the same kind and value.
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise ValueError(f"duplicate member {name}")
-        out[name] = value
-    return out
 
 
 @dataclass

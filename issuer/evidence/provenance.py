@@ -26,7 +26,6 @@ reason ``unsupported``.
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +39,8 @@ from sigstore.errors import CertValidationError, Error, VerificationError
 from sigstore.models import Bundle, TrustedRoot
 from sigstore.verify import Verifier
 from sigstore.verify.policy import Identity, OIDCIssuer, OIDCIssuerV2
+
+from verifier.keys import strict_json
 
 from ..assurance.engine import Rating
 from ..config import ConfigError
@@ -197,21 +198,6 @@ def _verify_issuer(cert: x509.Certificate, issuer: str) -> None:
 # Parsing.
 
 
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two JSON readers keeping different duplicates would disagree about
-    # what was signed, so duplicates are refused outright.
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError("duplicate member name")
-        result[name] = value
-    return result
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _text(document: Mapping[str, Any], name: str) -> str:
     """A member that must be text; anything else reads as empty."""
     value = document.get(name)
@@ -220,10 +206,8 @@ def _text(document: Mapping[str, Any], name: str) -> str:
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(
-            data, object_pairs_hook=_unique_members, parse_constant=_no_constants
-        )
-    except (ValueError, RecursionError):
+        value = strict_json(data)
+    except ValueError:
         raise EvidenceError("malformed", f"The {what} is not JSON.") from None
     if not isinstance(value, dict):
         raise EvidenceError("malformed", f"The {what} is not a JSON object.")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 import ssl
 from collections.abc import Mapping
@@ -49,6 +48,7 @@ from issuer.platforms.keysource import (
     load_jwks_file,
     load_pem_file,
 )
+from verifier.keys import strict_json
 
 __all__ = [
     "DEFAULT_ALGORITHMS",
@@ -330,22 +330,6 @@ def _build_source(name: str, table: object, issuer_url: str) -> _Source:
 # Parsing (RFC 7515 section 5.2, steps 1 to 7).
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 7515 section 5.2 step 4 and RFC 7519 section 4: a member name may
-    # appear once; two readers that keep different duplicates would disagree
-    # about what was signed.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError("duplicate member name")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 class _NonCanonical(ValueError):
     """Valid base64url whose unused final bits are not zero."""
 
@@ -368,12 +352,8 @@ def _b64url(segment: str) -> bytes:
 
 def _json_object(segment: str, part: str) -> dict[str, Any]:
     try:
-        value = json.loads(
-            _b64url(segment).decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except (ValueError, RecursionError):
+        value = strict_json(_b64url(segment))
+    except ValueError:
         raise EvidenceError(
             "malformed", f"The token {part} is not valid base64url JSON."
         ) from None

@@ -133,3 +133,45 @@ def test_no_audit_record_means_no_token(service: Any) -> None:
     service.audit.write = broken
     with pytest.raises(StoreUnavailable):
         service.token({"grant_type": ["client_credentials"]}, auth)
+
+
+def test_concurrent_writers_keep_one_chain(service: Any) -> None:
+    import threading
+
+    from issuer.audit import AuditEntry
+
+    def burst() -> None:
+        for _ in range(40):
+            service.audit.write(
+                AuditEntry("c", "client_credentials", "v"), decision="issued"
+            )
+
+    threads = [threading.Thread(target=burst) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    count, problems = service.audit.verify()
+    assert (count, problems) == (240, [])
+
+
+def test_a_failed_commit_fails_the_request_and_leaves_no_gap(
+    service: Any,
+) -> None:
+    from issuer.audit import AuditEntry
+    from issuer.storage import StoreUnavailable
+
+    audit = service.audit
+    audit.write(AuditEntry("c", "g", "v"), decision="issued")
+    real = audit._insert
+
+    def fail(record: Any) -> None:
+        raise StoreUnavailable("OperationalError")
+
+    audit._insert = fail
+    with pytest.raises(StoreUnavailable):
+        audit.write(AuditEntry("c", "g", "v"), decision="issued")
+    audit._insert = real
+    audit.write(AuditEntry("c", "g", "v"), decision="issued")
+    count, problems = audit.verify()
+    assert (count, problems) == (2, [])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -211,6 +212,7 @@ class IssuerService:
         metrics.POLICY_INFO.labels(policy.version).set(1)
         self._policy_checked = time.monotonic()
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_limit_burst)
+        self._assessments: dict[tuple[Any, ...], tuple[Assessment, list[str]]] = {}
         self.trust = TrustSources(
             settings.trust_sources,
             issuer_url=self.issuer,
@@ -366,7 +368,7 @@ class IssuerService:
         caps = self._take_evidence(auth, single, params, binding, grant, entry, now_f)
 
         lifetime = self.settings.token_lifetime
-        assessment = self._assess(client.declared, grant, now, binding, caps)
+        assessment, explanation = self._assess_cached(client, grant, now, binding, caps)
         entry.mial, entry.maal = assessment.mial_level, assessment.maal_level
         entry.ratings = _ratings_record(assessment)
         self._enforce(assessment, client.client_id, audiences, scopes, requested)
@@ -392,7 +394,7 @@ class IssuerService:
         self.audit.write(
             entry,
             decision="issued",
-            reasons=assessment.explain(),
+            reasons=explanation,
             jti=claims["jti"],
             expires_at=expires_at,
         )
@@ -479,6 +481,40 @@ class IssuerService:
             trusted_proxies=self.trusted_proxies,
             header_format=self.settings.mtls_proxy_header_format,
         )
+
+    def _assess_cached(
+        self,
+        client: Client,
+        grant: _Grant,
+        now: int,
+        binding: Binding,
+        caps: Mapping[str, Rating],
+    ) -> tuple[Assessment, list[str]]:
+        """The assessment and its explanation, reused for requests that carry
+        no evidence: then it depends only on the client's declarations, the
+        credential kind and the binding, all in the key, so only the
+        appraisal time differs between two such requests."""
+        if grant.evidence or caps:
+            assessment = self._assess(client.declared, grant, now, binding, caps)
+            return assessment, assessment.explain()
+        key = (
+            client.client_id,
+            tuple(sorted(client.declared.items())),
+            grant.credential_rating.kind,
+            tuple(
+                sorted((d, r.value) for d, r in grant.credential_rating.ratings.items())
+            ),
+            binding.kind,
+            binding.boundary.value,
+        )
+        hit = self._assessments.get(key)
+        if hit is None:
+            assessment = self._assess(client.declared, grant, now, binding, caps)
+            hit = (assessment, assessment.explain())
+            if len(self._assessments) > 10000:
+                self._assessments.clear()
+            self._assessments[key] = hit
+        return dataclasses.replace(hit[0], appraised_at=now), hit[1]
 
     def _assess(
         self,

@@ -390,3 +390,21 @@ def test_failed_authentication_is_logged_with_client_and_reason(
     assert fields["error"] == "invalid_client"
     assert cid in fields["reason"] and "secret mismatch" in fields["reason"]
     assert secret not in caplog.text and "wrong" not in fields["reason"]
+
+
+def test_reused_assessment_keeps_its_own_appraisal_time_and_follows_changes(
+    service: Any,
+) -> None:
+    client, secret = service.clients.add("cache", audiences=["https://api.test"])
+    auth = basic(client.client_id, secret)
+    params = {"grant_type": ["client_credentials"]}
+    first = service.token(params, auth, now=1_900_000_000.0).body["access_token"]
+    second = service.token(params, auth, now=1_900_000_100.0).body["access_token"]
+    a, b = (jwt.decode(t, options={"verify_signature": False}) for t in (first, second))
+    assert a["assurance_levels"]["appraised_at"] == 1_900_000_000
+    assert b["assurance_levels"]["appraised_at"] == 1_900_000_100
+    assert a["assurance_levels"]["mial"] == b["assurance_levels"]["mial"]
+    service.clients.update(client.client_id, declared={"mial.configuration": 1})
+    third = service.token(params, auth).body["access_token"]
+    claims = jwt.decode(third, options={"verify_signature": False})
+    assert claims["assurance_levels"]["mial"]["configuration"] == 1

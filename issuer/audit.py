@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jwt
+import orjson
 from sqlalchemy import delete, func, select
 
 from .storage import AuditCheckpoint, AuditRecord, Database, StoreUnavailable
@@ -57,6 +58,12 @@ def _insert_sql(paramstyle: str) -> str:
     marks = ", ".join([mark] * len(_COLUMNS))
     # Built only from the constant column names above, never from input.
     return f"INSERT INTO audit_records ({columns}) VALUES ({marks})"  # noqa: S608
+
+
+def _json(value: Any) -> str:
+    # JSON columns are written once and hashed as written; orjson because
+    # the audit insert is on every token's path.
+    return orjson.dumps(value).decode()
 
 
 def record_digest(prev_digest: str, fields: Mapping[str, Any]) -> str:
@@ -128,14 +135,14 @@ class AuditLog:
             subject=entry.subject,
             decision=decision,
             error=error,
-            reasons=json.dumps(reasons or []),
-            evidence=json.dumps(entry.evidence),
-            ratings=json.dumps(entry.ratings),
+            reasons=_json(reasons or []),
+            evidence=_json(entry.evidence),
+            ratings=_json(entry.ratings),
             mial=entry.mial,
             maal=entry.maal,
             policy_version=entry.policy_version,
             jti=jti,
-            audience=json.dumps(entry.audience),
+            audience=_json(entry.audience),
             expires_at=expires_at,
             chain=self._chain,
         )
@@ -202,6 +209,14 @@ class AuditLog:
             for rec in s.scalars(query).yield_per(500):
                 yield rec.as_dict()
 
+    def _stored(self) -> Iterator[dict[str, Any]]:
+        """Every record as stored, JSON columns as their exact text, so the
+        digest is recomputed over the bytes that were hashed when written."""
+        query = select(AuditRecord).order_by(AuditRecord.chain, AuditRecord.seq)
+        with self._db.session() as s:
+            for rec in s.scalars(query).yield_per(500):
+                yield {c: getattr(rec, c) for c in (*_COLUMNS, "id")}
+
     def checkpoints(self) -> dict[str, AuditCheckpoint]:
         """The newest checkpoint of each chain."""
         with self._db.session() as s:
@@ -223,7 +238,7 @@ class AuditLog:
         count = 0
         current = ""
         seq, prev = 0, GENESIS
-        for rec in self.export():
+        for rec in self._stored():
             count += 1
             if rec["chain"] != current:
                 current = rec["chain"]
@@ -233,8 +248,7 @@ class AuditLog:
                 problems.append(ChainProblem(current, seq + 1, "missing record"))
             elif rec["prev_digest"] != prev:
                 problems.append(ChainProblem(current, rec["seq"], "broken link"))
-            raw = {**rec, **{k: _raw(rec[k]) for k in _JSON_FIELDS}}
-            if record_digest(rec["prev_digest"], raw) != rec["digest"]:
+            if record_digest(rec["prev_digest"], rec) != rec["digest"]:
                 problems.append(ChainProblem(current, rec["seq"], "record altered"))
             seq, prev = rec["seq"], rec["digest"]
         return count, problems
@@ -278,14 +292,6 @@ class AuditLog:
                 )
                 removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
         return removed
-
-
-_JSON_FIELDS = ("reasons", "evidence", "ratings", "audience")
-
-
-def _raw(value: Any) -> str:
-    """Re-encode a JSON column exactly as ``write`` stored it."""
-    return json.dumps(value)
 
 
 def _checkpoint_valid(cp: AuditCheckpoint, keyring: KeyRing) -> bool:

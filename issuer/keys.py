@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
@@ -409,7 +410,7 @@ class KeyRing:
             )
             header = _b64url(raw.encode())
             self._headers[cache_key] = header
-        payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        payload = _b64url(orjson.dumps(claims))
         signing_input = f"{header}.{payload}"
         signature = _SIGNERS[key.alg].sign(signing_input.encode(), key.private_key)
         return f"{signing_input}.{_b64url(signature)}"

@@ -6,7 +6,6 @@ No issuance logic lives here. Every error response is JSON with an OAuth
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -14,6 +13,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
+import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
@@ -35,7 +35,7 @@ _JSON_HEADERS = (("Content-Type", "application/json"),)
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body)
 
 
 def _json(

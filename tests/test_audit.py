@@ -85,18 +85,11 @@ def test_pruning_keeps_the_chain_checkable_from_a_signed_checkpoint(
 def _reseal(service: Any) -> None:
     from issuer.audit import GENESIS, record_digest
 
-    rows = list(service.audit.export())
+    rows = list(service.audit._stored())
     prev = GENESIS
     with service.db.engine.begin() as conn:
         for rec in rows:
-            raw = {
-                **rec,
-                **{
-                    k: json.dumps(rec[k])
-                    for k in ("reasons", "evidence", "ratings", "audience")
-                },
-            }
-            digest = record_digest(prev, raw)
+            digest = record_digest(prev, rec)
             conn.execute(
                 text("UPDATE audit_records SET prev_digest=:p, digest=:d WHERE id=:i"),
                 {"p": prev, "d": digest, "i": rec["id"]},

@@ -100,6 +100,8 @@ TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S10
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
 TOKEN_TYPE_ID = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
 SUBJECT_TOKEN_TYPES = (TOKEN_TYPE_JWT, TOKEN_TYPE_ID)
+#: Seconds a verified platform token is reused without verifying it again.
+PLATFORM_CACHE_SECONDS = 60
 # Parameters that RFC 8707 and RFC 8693 allow more than once.
 REPEATABLE = frozenset({"resource", "audience", "evidence"})
 
@@ -213,6 +215,7 @@ class IssuerService:
         self._policy_checked = time.monotonic()
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_limit_burst)
         self._assessments: dict[tuple[Any, ...], tuple[Assessment, list[str]]] = {}
+        self._verified: dict[str, tuple[PlatformIdentity, float, float]] = {}
         self.trust = TrustSources(
             settings.trust_sources,
             issuer_url=self.issuer,
@@ -780,10 +783,21 @@ class IssuerService:
         self, token: str, name: str, now: float
     ) -> PlatformIdentity:
         started = time.perf_counter()
+        # A compact JWT holds no whitespace; a trailing newline from a token
+        # file is dropped rather than refused.
+        token = token.strip()
+        cached = self._verified.get(token)
+        if cached is not None:
+            identity, verified_at, cached_at = cached
+            # The same bytes verified earlier under the same trust sources:
+            # reuse the result while the token is still within its validity
+            # and for at most PLATFORM_CACHE_SECONDS, so a platform key
+            # withdrawn from a fetched JWKS stops counting soon after.
+            fresh = time.monotonic() - cached_at < PLATFORM_CACHE_SECONDS
+            if fresh and verified_at <= now < identity.expires_at:
+                return identity
         try:
-            # A compact JWT holds no whitespace; a trailing newline from a
-            # token file is dropped rather than refused.
-            identity = self.trust.verify(token.strip(), now)
+            identity = self.trust.verify(token, now)
         except EvidenceError as exc:
             # The descriptions of EvidenceError are fixed sentences that never
             # quote the token, so they can go to the client.
@@ -794,6 +808,9 @@ class IssuerService:
         metrics.EVIDENCE_SECONDS.labels(identity.evidence_kind).observe(
             time.perf_counter() - started
         )
+        if len(self._verified) > 10000:
+            self._verified.clear()
+        self._verified[token] = (identity, now, time.monotonic())
         return identity
 
     def _enforce(

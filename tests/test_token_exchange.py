@@ -373,3 +373,24 @@ def test_explain_refuses_what_the_endpoint_refuses(
 
     with pytest.raises(InvalidTarget):
         service.explain(client[0], audiences=["https://not-registered.test"])
+
+
+def test_a_verified_subject_token_is_reused_only_within_its_validity(
+    service: Any, client: tuple[str, str]
+) -> None:
+    calls = []
+    real = service.trust.verify
+
+    def counting(token: str, now: float) -> Any:
+        calls.append(now)
+        return real(token, now)
+
+    service.trust.verify = counting
+    exchange(service, client, K8S_TOKEN, K8S_NOW)
+    exchange(service, client, K8S_TOKEN, K8S_NOW + 10)
+    assert len(calls) == 1
+    # Earlier than the verification, or past exp: verified again (and refused).
+    with pytest.raises(InvalidRequest):
+        exchange(service, client, K8S_TOKEN, 1764056278 + 3600)
+    exchange(service, client, K8S_TOKEN, K8S_NOW - 10)
+    assert len(calls) == 3

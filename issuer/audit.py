@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import secrets
 import threading
 import time
@@ -75,8 +74,8 @@ def record_digest(prev_digest: str, fields: Mapping[str, Any]) -> str:
     for name in ("time", "expires_at"):
         if values[name] is not None:
             values[name] = float(values[name])
-    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
-    data = f"{prev_digest}\n{canonical}".encode()
+    canonical = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
+    data = prev_digest.encode() + b"\n" + canonical
     return "sha-256:" + hashlib.sha256(data).hexdigest()
 
 

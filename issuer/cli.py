@@ -495,7 +495,11 @@ def policy_check(file: str) -> None:
         loaded = Policy.load(file)
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"policy {loaded.version}: {len(loaded.rules)} rules, valid")
+    kinds = ", ".join(loaded.evidence.kinds()) or "none"
+    click.echo(
+        f"policy {loaded.version}: {len(loaded.rules)} rules, "
+        f"evidence kinds accepted: {kinds}, valid"
+    )
 
 
 @policy.command("explain")

@@ -321,8 +321,15 @@ def test_refusals_record_the_pieces_already_verified(
 ) -> None:
     nonce = evidence_service.challenge({}, client)["nonce"]
     good = piece("ear", mint_ear(nonce, instance_identity=2))
+    bundle = json.loads(
+        (SLSA / "reusable-workflow-attestation.sigstore.json").read_text()
+    )
+    bundle["dsseEnvelope"]["signatures"][0]["sig"] = "AAAA"
     with pytest.raises(InvalidRequest):
-        request(evidence_service, client, good, piece("tee_magic", "x"), nonce=nonce)
+        request(
+            evidence_service, client, good, piece("slsa_provenance", bundle),
+            nonce=nonce,
+        )  # fmt: skip
     record = evidence_service.audit.recent(limit=1)[0]
     assert [e["kind"] for e in record["evidence"]] == ["ear"]
     assert record["evidence"][0]["details"]["status"] == "affirming"

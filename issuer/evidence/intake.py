@@ -111,6 +111,8 @@ class Intake:
         """
         credential_keys = bound_keys if credential_keys is None else credential_keys
         audit = [] if audit is None else audit
+        for piece in pieces:
+            self._verifier(piece.kind)  # an unaccepted kind is named first
         fresh = any(p.kind in FRESH_KINDS for p in pieces)
         if fresh and nonce is None and require_nonce:
             raise EvidenceError("nonce_missing", "this evidence needs a nonce")

@@ -32,13 +32,14 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import get_default_algorithms
 from jwt.exceptions import PyJWTError
 
-from verifier.keys import strict_json
+from verifier.dpop import access_token_hash
+from verifier.dpop import normalize_htu as _normalize_htu
+from verifier.keys import SUPPORTED_ALGORITHMS, strict_json
 
 from .errors import OAuthError
 from .keys import jwk_thumbprint
@@ -58,22 +59,6 @@ __all__ = [
 
 #: The ``alg`` values accepted unless configured otherwise.
 DEFAULT_ALGORITHMS = ("ES256", "ES384", "EdDSA", "PS256", "RS256")
-#: Every ``alg`` this module can verify. All are asymmetric: RFC 9449 section
-#: 4.2 forbids ``none`` and MAC algorithms, whose key could not be public.
-SUPPORTED_ALGORITHMS = frozenset(
-    {
-        "ES256",
-        "ES384",
-        "ES512",
-        "EdDSA",
-        "PS256",
-        "PS384",
-        "PS512",
-        "RS256",
-        "RS384",
-        "RS512",
-    }
-)
 
 #: Longest accepted proof. A proof with an RSA-4096 key is about 2 KB; the
 #: bound keeps a hostile header from costing parse time.
@@ -96,11 +81,6 @@ _PUBLIC_MEMBERS = {
     "OKP": ("crv", "x"),
 }
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_UNRESERVED = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
-)
-_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 
 _NONCE_LABEL = b"wimse-assurance dpop-nonce v1"
 _NONCE_RANDOM = 8
@@ -175,45 +155,18 @@ def single_proof(header_values: list[str]) -> str:
     return values[0]
 
 
-def access_token_hash(access_token: str) -> str:
-    """Return the ``ath`` value for ``access_token`` (RFC 9449 section 4.2).
-
-    base64url of the SHA-256 of the token's ASCII bytes. Raises
-    ``UnicodeEncodeError`` for a token that is not ASCII.
-    """
-    digest = hashlib.sha256(access_token.encode("ascii")).digest()
-    return _b64url(digest)
-
-
 def normalize_htu(uri: str) -> str | None:
-    """Normalise an HTTP URI for the ``htu`` comparison of RFC 9449 section 4.3.
+    """The RFC 9449 section 4.3 normal form of ``uri`` (RFC 3986 sections
+    6.2.2 and 6.2.3, query and fragment dropped), or ``None`` for anything but
+    an absolute ``http``/``https`` URI with a host and no user information.
 
-    Applies syntax-based (RFC 3986 section 6.2.2) and scheme-based (section
-    6.2.3) normalisation: scheme and host in lower case, percent-encodings in
-    upper case and decoded where they encode an unreserved character, dot
-    segments removed, the default port dropped, an empty path made ``/``.
-    Query and fragment are dropped, as section 4.2 defines ``htu`` without
-    them. Returns ``None`` for anything but an absolute ``http`` or ``https``
-    URI with a host and no user information.
+    The normalisation is the verifier library's, so the issuer and relying
+    parties compare ``htu`` alike.
     """
     try:
-        parts = urlsplit(uri)
-        port = parts.port
+        return _normalize_htu(uri)
     except ValueError:
         return None
-    scheme = parts.scheme.lower()
-    host = parts.hostname
-    if scheme not in _DEFAULT_PORTS or not host:
-        return None
-    # User information never belongs in a request target; accepting it would
-    # let "https://issuer@other/" be read as two different hosts.
-    if parts.username is not None or parts.password is not None:
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    authority = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
-    path = _remove_dot_segments(_normalize_percent(parts.path)) or "/"
-    return f"{scheme}://{authority}{path}"
 
 
 class DPoPVerifier:
@@ -539,42 +492,3 @@ def _b64url_decode(text: str) -> bytes | None:
     # Only the canonical encoding is accepted: unused trailing bits must be
     # zero, so that one byte string has exactly one spelling.
     return raw if _b64url(raw) == text else None
-
-
-def _normalize_percent(path: str) -> str:
-    """RFC 3986 sections 6.2.2.1 and 6.2.2.2 on a path."""
-
-    def fix(match: re.Match[str]) -> str:
-        char = chr(int(match.group(1), 16))
-        return char if char in _UNRESERVED else f"%{match.group(1).upper()}"
-
-    return _PERCENT.sub(fix, path)
-
-
-def _remove_dot_segments(path: str) -> str:
-    """RFC 3986 section 5.2.4, used by section 6.2.2.3."""
-    out: list[str] = []
-    while path:
-        if path.startswith("../"):
-            path = path[3:]
-        elif path.startswith(("./", "/./")):
-            path = path[2:]
-        elif path == "/.":
-            path = "/"
-        elif path.startswith("/../"):
-            path = path[3:]
-            if out:
-                out.pop()
-        elif path == "/..":
-            path = "/"
-            if out:
-                out.pop()
-        elif path in (".", ".."):
-            path = ""
-        else:
-            start = 1 if path.startswith("/") else 0
-            end = path.find("/", start)
-            end = len(path) if end < 0 else end
-            out.append(path[:end])
-            path = path[end:]
-    return "".join(out)

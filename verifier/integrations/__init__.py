@@ -14,8 +14,9 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import (
     InsufficientScope,
@@ -34,6 +35,7 @@ __all__ = [
     "Credentials",
     "ErrorResponse",
     "authenticate",
+    "environ_client_cert",
     "error_response",
     "pem_to_der",
     "read_credentials",
@@ -87,6 +89,22 @@ def read_credentials(authorization: Sequence[str], dpop: Sequence[str]) -> Crede
         raise InvalidDPoPProof(detail="DPoP header repeated")
     proof = dpop[0].strip() if dpop else None
     return Credentials(presentation, value, proof)
+
+
+def environ_client_cert(environ: Mapping[str, Any]) -> bytes | None:
+    """The verified TLS client certificate a WSGI server put in the environ
+    (``SSL_CLIENT_CERT``, PEM) as DER, or ``None``.
+
+    A request header of that name would arrive as ``HTTP_SSL_CLIENT_CERT``
+    and is never read.
+    """
+    pem = environ.get("SSL_CLIENT_CERT")
+    if not pem:
+        return None
+    try:
+        return pem_to_der(pem)
+    except ValueError:
+        return None
 
 
 def pem_to_der(pem: str | bytes) -> bytes:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 from ..errors import VerifierError
 from ..requirements import requirement
 from ..token import TokenVerifier, VerifiedToken
-from . import authenticate, error_response, pem_to_der
+from . import authenticate, environ_client_cert, error_response
 
 __all__ = ["current_token", "require_assurance"]
 
@@ -33,15 +33,7 @@ G_ATTRIBUTE = "wimse_token"
 
 
 def _default_client_cert(request: Any) -> bytes | None:
-    # mod_wsgi and similar servers put the verified client certificate in
-    # the environ as PEM; it is never read from a request header.
-    pem = request.environ.get("SSL_CLIENT_CERT")
-    if not pem:
-        return None
-    try:
-        return pem_to_der(pem)
-    except ValueError:
-        return None
+    return environ_client_cert(request.environ)
 
 
 def require_assurance(

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import VerifierError
 from ..levels import Requirement
 from ..token import TokenVerifier, VerifiedToken
-from . import authenticate, error_response, pem_to_der
+from . import authenticate, environ_client_cert, error_response
 
 __all__ = ["ENVIRON_KEY", "AssuranceMiddleware", "request_url"]
 
@@ -58,19 +58,6 @@ def request_url(environ: Mapping[str, Any], public_url: str | None = None) -> st
     return f"{scheme}://{host}{path}"
 
 
-def _environ_cert(environ: Mapping[str, Any]) -> bytes | None:
-    # Servers that terminate TLS put the verified client certificate in the
-    # environ as PEM; a request header with the same name would be
-    # HTTP_SSL_CLIENT_CERT and is never read.
-    pem = environ.get("SSL_CLIENT_CERT")
-    if not pem:
-        return None
-    try:
-        return pem_to_der(pem)
-    except ValueError:
-        return None
-
-
 class AssuranceMiddleware:
     """Refuses requests whose token misses the route's requirement.
 
@@ -108,7 +95,7 @@ class AssuranceMiddleware:
         self.scopes = tuple(scopes)
         self.realm = realm
         self.public_url = public_url
-        self.client_cert = client_cert or _environ_cert
+        self.client_cert = client_cert or environ_client_cert
 
     def requirement_for(self, path: str) -> Requirement | None:
         """Return the requirement of ``path``; ``None`` means public."""

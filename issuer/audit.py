@@ -188,8 +188,10 @@ class AuditLog:
 
     def by_jti(self, jti: str) -> dict[str, Any] | None:
         """The record of the token ``jti``, or ``None``."""
-        rec = self._db.audit_by_jti(jti)
-        return rec.as_dict() if rec is not None else None
+        query = select(AuditRecord).where(AuditRecord.jti == jti)
+        with self._db.session() as s:
+            rec = s.scalars(query).first()
+            return rec.as_dict() if rec is not None else None
 
     def recent(
         self, client_id: str | None = None, limit: int = 100

@@ -141,10 +141,6 @@ class Settings:
         single = self.workers == 1 and self.resolved_database_url().startswith("sqlite")
         return "memory" if single else "database"
 
-    def uses_memory_replay_store(self) -> bool:
-        """Whether one process may keep single-use ids in its own memory."""
-        return self.resolved_replay_store() == "memory"
-
     def resolved_issuer_url(self) -> str:
         """The issuer identifier, defaulting to ``http://HOST:PORT``."""
         if self.issuer_url:

@@ -29,6 +29,8 @@ from .access_token import AccessTokenMinter, read_own_token
 from .assurance import (
     Assessment,
     Assessor,
+    CredentialRating,
+    EvidenceItem,
     Rating,
     rate_client_credential,
     rate_platform_identity,
@@ -136,9 +138,12 @@ class Binding:
 
 @dataclass
 class _Grant:
+    """What a grant contributes: the token's subject, the rated credential,
+    the verified evidence, an ``act`` claim, the RFC 8693 issued type."""
+
     subject: str
-    credential_rating: Any
-    evidence: list[Any]
+    credential_rating: CredentialRating
+    evidence: list[EvidenceItem]
     actor: dict[str, Any] | None
     issued_token_type: str | None
 

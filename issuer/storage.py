@@ -99,16 +99,6 @@ class ClientRecord(Base):
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
-    def list_field(self, name: str) -> list[str]:
-        """Decode a JSON list column."""
-        value: list[str] = json.loads(getattr(self, name))
-        return value
-
-    def dict_field(self, name: str) -> dict[str, Any]:
-        """Decode a JSON object column."""
-        value: dict[str, Any] = json.loads(getattr(self, name) or "{}")
-        return value
-
 
 class AuditRecord(Base):
     """One decision about an authenticated client: issued or refused."""
@@ -376,8 +366,3 @@ class Database:
         """Whether the token with ``jti`` was revoked."""
         with self.session() as s:
             return s.get(Revocation, jti) is not None
-
-    def audit_by_jti(self, jti: str) -> AuditRecord | None:
-        """The audit record of the token with ``jti``."""
-        with self.session() as s:
-            return s.scalars(select(AuditRecord).where(AuditRecord.jti == jti)).first()

@@ -248,10 +248,12 @@ def test_database_replay_store_is_shared_between_services(make_service: Any) -> 
 def test_replay_store_choice_follows_settings() -> None:
     from issuer.config import Settings
 
-    assert Settings().uses_memory_replay_store()
-    assert not Settings(workers=2).uses_memory_replay_store()
-    assert not Settings(database_url="postgresql://x/y").uses_memory_replay_store()
-    assert not Settings(replay_store="database").uses_memory_replay_store()
+    assert Settings().resolved_replay_store() == "memory"
+    assert Settings(workers=2).resolved_replay_store() == "database"
+    assert Settings(database_url="postgresql://x/y").resolved_replay_store() == (
+        "database"
+    )
+    assert Settings(replay_store="database").resolved_replay_store() == "database"
 
 
 def test_deeply_nested_assertion_json_is_invalid_client(client_app: Any) -> None:

@@ -38,7 +38,7 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
 
 def _registry(settings: Settings) -> ClientRegistry:
     db = Database(settings.resolved_database_url())
-    db.create_all()
+    db.migrate()
     hasher = SecretHasher(settings.keys_dir)
     return ClientRegistry(db, hasher, settings.secret_grace_period)
 
@@ -590,7 +590,7 @@ def _audit_log(settings: Settings) -> Any:
     from .audit import AuditLog
 
     db = Database(settings.resolved_database_url())
-    db.create_all()
+    db.migrate()
     return AuditLog(db)
 
 
@@ -671,7 +671,7 @@ def db_upgrade(ctx: click.Context) -> None:
     """Apply schema migrations (also done on every start)."""
     database = Database(_settings(ctx).resolved_database_url())
     try:
-        database.create_all()
+        database.migrate()
     except StoreUnavailable as exc:
         raise click.ClickException(f"database unavailable: {exc}") from None
     click.echo(f"schema at revision {database.revision()}")

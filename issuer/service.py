@@ -156,7 +156,7 @@ class IssuerService:
         self.issuer = settings.resolved_issuer_url()
         self.token_endpoint = f"{self.issuer}/token"
         self.db = Database(settings.resolved_database_url())
-        self.db.create_all()
+        self.db.migrate()
         settings.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.keyring = KeyRing(
             settings.keys_dir,

@@ -232,7 +232,7 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
-    def create_all(self) -> None:
+    def migrate(self) -> None:
         """Bring the schema to the newest migration; raises ``StoreUnavailable``.
 
         Runs the Alembic migrations in ``issuer/migrations`` under a lock

@@ -362,7 +362,7 @@ def test_rejects_jti_reused_at_second_verifier_sharing_database(
     tmp_path: Path, client: Client
 ) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    Database(url).create_all()
+    Database(url).migrate()
     # Two Database objects, two engines: what two processes on one file have.
     verifiers = [
         DPoPVerifier(
@@ -407,7 +407,7 @@ def test_rejects_jti_reused_in_another_process_sharing_database(
     tmp_path: Path, client: Client
 ) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    Database(url).create_all()
+    Database(url).migrate()
     verifier = DPoPVerifier(
         DatabaseReplayStore(Database(url)), nonce_secret=SECRET, require_nonce=True
     )

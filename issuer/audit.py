@@ -22,7 +22,7 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +89,15 @@ class ChainProblem:
 
 
 @dataclass
+class _Pending:
+    """A record waiting for its commit; ``outcome`` is ``True`` once
+    committed, the error once its commit failed, ``None`` before."""
+
+    record: dict[str, Any]
+    outcome: bool | StoreUnavailable | None = None
+
+
+@dataclass
 class AuditEntry:
     """What one decision records; filled in as the request proceeds."""
 
@@ -109,9 +118,13 @@ class AuditLog:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._chain = secrets.token_urlsafe(12)
-        self._seq = 0
-        self._prev = GENESIS
-        self._lock = threading.Lock()
+        # Chain head as handed out (``_seq``, ``_prev``) and as committed;
+        # they differ while records wait in ``_pending`` for a commit.
+        self._seq, self._prev = 0, GENESIS
+        self._committed: tuple[int, str] = (0, GENESIS)
+        self._pending: list[_Pending] = []
+        self._lock = threading.Lock()  # chain head and pending list
+        self._commit_lock = threading.Lock()  # one committer at a time
         self._raw: Any = None
         self._sql = _insert_sql(db.engine.dialect.paramstyle)
         self._dbapi_error: type[Exception] = db.engine.dialect.dbapi.Error  # type: ignore[union-attr]
@@ -145,18 +158,57 @@ class AuditLog:
             expires_at=expires_at,
             chain=self._chain,
         )
-        # The chain advances only once the insert has committed, so a failed
-        # write leaves no gap.
         with self._lock:
             seq = self._seq + 1
             record["seq"] = seq
             record["prev_digest"] = self._prev
             digest = record_digest(self._prev, record)
             record["digest"] = digest
-            self._insert(record)
             self._seq, self._prev = seq, digest
+            mine = _Pending(record)
+            self._pending.append(mine)
+        self._commit(mine)
 
-    def _insert(self, record: Mapping[str, Any]) -> None:
+    def _commit(self, mine: _Pending) -> None:
+        """Return once ``mine`` is committed; raise ``StoreUnavailable`` if
+        its commit failed.
+
+        Group commit: whichever waiting thread gets the commit lock first
+        inserts every pending record in one transaction, so concurrent
+        requests share one commit; the others find their record done. No
+        caller returns before its own record is committed. A failed commit
+        fails its records and every record chained after them, and the chain
+        restarts from the last committed record, so it never has a gap.
+        """
+        with self._commit_lock:
+            if mine.outcome is None:
+                with self._lock:
+                    batch, self._pending = self._pending, []
+                try:
+                    self._insert([p.record for p in batch])
+                except BaseException as exc:
+                    failure = (
+                        exc
+                        if isinstance(exc, StoreUnavailable)
+                        else StoreUnavailable(type(exc).__name__)
+                    )
+                    with self._lock:
+                        failed = batch + self._pending
+                        self._pending = []
+                        self._seq, self._prev = self._committed
+                    for p in failed:
+                        p.outcome = failure
+                    if failure is not exc:
+                        raise
+                else:
+                    last = batch[-1].record
+                    self._committed = (last["seq"], last["digest"])
+                    for p in batch:
+                        p.outcome = True
+        if mine.outcome is not True:
+            raise StoreUnavailable(str(mine.outcome))
+
+    def _insert(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Insert and commit through one DBAPI connection kept by this writer.
 
         The statement is fixed, so the hot path skips SQLAlchemy's per-call
@@ -167,7 +219,11 @@ class AuditLog:
                 self._raw = self._db.engine.raw_connection()
             cursor = self._raw.cursor()
             try:
-                cursor.execute(self._sql, [record[c] for c in _COLUMNS])
+                rows = [[r[c] for c in _COLUMNS] for r in records]
+                if len(rows) == 1:
+                    cursor.execute(self._sql, rows[0])
+                else:
+                    cursor.executemany(self._sql, rows)
             finally:
                 cursor.close()
             self._raw.commit()
@@ -175,12 +231,14 @@ class AuditLog:
             raw, self._raw = self._raw, None
             if raw is not None:
                 with contextlib.suppress(Exception):
+                    raw.rollback()
+                with contextlib.suppress(Exception):
                     raw.invalidate()
             raise StoreUnavailable(type(exc).__name__) from exc
 
     def close(self) -> None:
         """Close this writer's database connection."""
-        with self._lock:
+        with self._commit_lock:
             raw, self._raw = self._raw, None
         if raw is not None:
             with contextlib.suppress(Exception):

@@ -168,3 +168,96 @@ def test_a_failed_commit_fails_the_request_and_leaves_no_gap(
     audit.write(AuditEntry("c", "g", "v"), decision="issued")
     count, problems = audit.verify()
     assert (count, problems) == (2, [])
+
+
+def _writers(audit: Any, count: int) -> tuple[list[Any], list[Any]]:
+    """Start ``count`` threads that each write one record; return the
+    threads and the list their outcomes (``None`` or the error) go to."""
+    import threading
+
+    from issuer.audit import AuditEntry
+
+    outcomes: list[Any] = []
+
+    def one() -> None:
+        try:
+            audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+            outcomes.append(None)
+        except Exception as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    return threads, outcomes
+
+
+def _hold_first_commit(
+    audit: Any, waiting: int, fail_first: Exception | None
+) -> tuple[list[int], Any]:
+    """Make the first commit wait until ``waiting`` more records are
+    pending behind it (and fail it with ``fail_first``); return the batch
+    sizes of every commit and an event set once the first commit began."""
+    import threading
+
+    real = audit._insert
+    sizes: list[int] = []
+    began = threading.Event()
+
+    def insert(records: Any) -> None:
+        if not began.is_set():
+            began.set()
+            deadline = time.monotonic() + 10
+            while len(audit._pending) < waiting and time.monotonic() < deadline:
+                time.sleep(0.005)
+        sizes.append(len(records))
+        if fail_first is not None and len(sizes) == 1:
+            raise fail_first
+        real(records)
+
+    audit._insert = insert
+    return sizes, began
+
+
+def test_waiting_records_share_one_commit(service: Any) -> None:
+    from issuer.audit import AuditEntry
+
+    audit = service.audit
+    sizes, began = _hold_first_commit(audit, waiting=5, fail_first=None)
+    first, _ = _writers(audit, 1)
+    assert began.wait(10)
+    rest, outcomes = _writers(audit, 5)
+    for t in first + rest:
+        t.join()
+    assert outcomes == [None] * 5
+    # The first record went alone; the five queued behind it went together.
+    assert sizes == [1, 5]
+    audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    assert audit.verify() == (7, [])
+
+
+@pytest.mark.parametrize("error", ["store", "bug"])
+def test_a_failed_group_commit_fails_every_record_chained_on_it(
+    service: Any, error: str
+) -> None:
+    from issuer.audit import AuditEntry
+    from issuer.storage import StoreUnavailable
+
+    audit = service.audit
+    audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    failure: Exception = (
+        StoreUnavailable("OperationalError") if error == "store" else TypeError("x")
+    )
+    _, began = _hold_first_commit(audit, waiting=4, fail_first=failure)
+    first, first_outcome = _writers(audit, 1)
+    assert began.wait(10)
+    rest, outcomes = _writers(audit, 4)
+    for t in first + rest:
+        t.join()
+    # The failed commit's own writer sees its error; the four records that
+    # were chained behind it fail as the store being unavailable.
+    assert type(first_outcome[0]) is type(failure)
+    assert [type(o) for o in outcomes] == [StoreUnavailable] * 4
+    audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    assert audit.verify() == (2, [])
+    assert [r["seq"] for r in audit.recent()] == [2, 1]

@@ -176,7 +176,7 @@ class SecretHasher:
 
     @staticmethod
     def _mac(key: bytes, secret: str) -> str:
-        return hmac.new(key, secret.encode("utf-8"), hashlib.sha256).hexdigest()
+        return hmac.digest(key, secret.encode("utf-8"), "sha256").hex()
 
     def verify(self, secret: str, stored: str | None) -> tuple[bool, bool]:
         """Compare in constant time; return (matches, should be re-hashed)."""

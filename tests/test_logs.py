@@ -67,6 +67,8 @@ def test_the_timestamp_follows_the_clock_across_seconds() -> None:
 def test_configure_logging_writes_to_stderr_synchronously(capsys: object) -> None:
     logger = logging.getLogger("issuer")
     saved = (logger.handlers[:], logger.level, logger.propagate)
+    switches = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+    saved_switches = {name: getattr(logging, name) for name in switches}
     try:
         configure_logging("INFO")
         logging.getLogger("issuer.test").info("hello", extra={"fields": {"a": 1}})
@@ -74,9 +76,11 @@ def test_configure_logging_writes_to_stderr_synchronously(capsys: object) -> Non
         err = capsys.readouterr().err  # type: ignore[attr-defined]
         assert err.endswith('INFO issuer.test hello {"a":1}\n')
         assert "hidden" not in err
+        # Records no longer collect what the line does not print.
+        assert logging._srcfile is None and not logging.logThreads
     finally:
-        logger.handlers[:], logger.level, logger.propagate = (
-            saved[0],
-            saved[1],
-            saved[2],
-        )
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+        for name, value in saved_switches.items():
+            setattr(logging, name, value)

@@ -61,6 +61,17 @@ def main(home: str | None, config: str | None) -> None:
     "--issuer-url", default=None, help="Issuer identifier. Default http://HOST:PORT."
 )
 @click.option("--workers", type=int, default=None, help="Worker processes. Default 1.")
+@click.option(
+    "--tls-cert",
+    default=None,
+    help="Server certificate chain (PEM): terminate TLS in the issuer (cheroot).",
+)
+@click.option("--tls-key", default=None, help="Private key (PEM) of --tls-cert.")
+@click.option(
+    "--tls-client-ca",
+    default=None,
+    help="CAs (PEM) client certificates may chain to, besides mtls_ca_file.",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -68,15 +79,22 @@ def serve(
     port: int | None,
     issuer_url: str | None,
     workers: int | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
 ) -> None:
-    """Run the issuer with the granian WSGI server."""
-    from granian import Granian
-    from granian.constants import Interfaces
-
+    """Run the issuer: on granian, or on cheroot when it terminates TLS."""
     from .service import IssuerService
 
     settings = _settings(
-        ctx, host=host, port=port, issuer_url=issuer_url, workers=workers
+        ctx,
+        host=host,
+        port=port,
+        issuer_url=issuer_url,
+        workers=workers,
+        tls_cert_file=tls_cert,
+        tls_key_file=tls_key,
+        tls_client_ca_file=tls_client_ca,
     )
     # Build the service once here so tables and keys exist before workers
     # start, and so configuration errors stop the command with a message.
@@ -103,12 +121,18 @@ def serve(
     config = ctx.find_root().params.get("config")
     if config:
         env["WIMSE_ISSUER_CONFIG"] = str(Path(config).resolve())
+    if settings.terminates_tls:
+        _serve_tls(settings, env)
+        return
     os.environ.update(env)
     click.echo(
         f"wimse-issuer: serving {settings.resolved_issuer_url()} on "
         f"{settings.host}:{settings.port} (home {settings.home_path})",
         err=True,
     )
+    from granian import Granian
+    from granian.constants import Interfaces
+
     Granian(
         "issuer.wsgi:app",
         address=settings.host,
@@ -125,6 +149,32 @@ def serve(
         respawn_failed_workers=True,
         log_access=False,
     ).serve()
+
+
+def _serve_tls(settings: Settings, env: dict[str, str]) -> None:
+    """``serve`` with TLS terminated by the issuer (issuer/tlsserve.py)."""
+    from .tlsserve import build_context, client_ca_files
+    from .tlsserve import serve as serve_tls
+
+    try:
+        context = build_context(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    # The app (issuer.wsgi) reads its settings from the environment: it must
+    # see TLS on, or it would ignore the handshake's client certificates.
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(settings, name)
+        env[f"WIMSE_ISSUER_{name.upper()}"] = str(Path(path).resolve()) if path else ""
+    os.environ.update(env)
+    cas = ", ".join(name for name, _ in client_ca_files(settings))
+    click.echo(
+        f"wimse-issuer: serving {settings.resolved_issuer_url()} on "
+        f"{settings.host}:{settings.port} over TLS (cheroot; client certificates "
+        f"{'optional, from ' + cas if cas else 'not requested'}; "
+        f"home {settings.home_path})",
+        err=True,
+    )
+    serve_tls(settings, context)
 
 
 # -- clients -------------------------------------------------------------

@@ -115,6 +115,20 @@ class Settings:
     #: Networks of the proxies whose certificate header is believed, e.g.
     #: ``["127.0.0.1/32"]``. Default: none.
     mtls_trusted_proxies: list[str] = field(default_factory=list)
+    #: Server certificate chain (PEM, leaf first) with which ``serve``
+    #: terminates TLS itself. Default: none (plain HTTP on granian).
+    tls_cert_file: str = ""
+    #: Private key (PEM, unencrypted) of ``tls_cert_file``. Default: none.
+    tls_key_file: str = ""
+    #: PEM CAs a client certificate must chain to in the TLS handshake, in
+    #: addition to ``mtls_ca_file`` and the ``spiffe_bundles`` roots.
+    #: Default: none.
+    tls_client_ca_file: str = ""
+
+    @property
+    def terminates_tls(self) -> bool:
+        """True when ``serve`` terminates TLS itself (``tls_cert_file`` set)."""
+        return bool(self.tls_cert_file)
 
     @property
     def home_path(self) -> Path:
@@ -142,10 +156,12 @@ class Settings:
         return "memory" if single else "database"
 
     def resolved_issuer_url(self) -> str:
-        """The issuer identifier, defaulting to ``http://HOST:PORT``."""
+        """The issuer identifier, defaulting to ``http://HOST:PORT``, or
+        ``https://HOST:PORT`` when the issuer terminates TLS."""
         if self.issuer_url:
             return self.issuer_url.rstrip("/")
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.terminates_tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def validate(self) -> Settings:
         """Check ranges and return self; raises ``ConfigError``."""
@@ -186,6 +202,7 @@ class Settings:
                 "use database or redis"
             )
         self._validate_mtls()
+        self._validate_tls()
         url = self.resolved_issuer_url()
         if not url.startswith(("http://", "https://")) or "?" in url or "#" in url:
             raise ConfigError("issuer_url must be an http(s) URL without query")
@@ -211,6 +228,32 @@ class Settings:
         for domain, path in self.spiffe_bundles.items():
             if not isinstance(path, str) or not path:
                 raise ConfigError(f"spiffe_bundles.{domain} must name a file")
+
+    def _validate_tls(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        if self.tls_cert_file and self.workers > 1:
+            raise ConfigError(
+                "workers must be 1 when the issuer terminates TLS (tls_cert_file); "
+                "for more processes run several instances or a TLS proxy in front"
+            )
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(self, name)
+            if not path:
+                continue
+            if os.path.exists(path) and not os.path.isfile(path):
+                raise ConfigError(f"{name} {path} is not a file")
+            # Opened, not only stat'ed, so that a permission problem shows
+            # here with the key's name rather than later in the TLS layer.
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read {name} {path}: {exc.strerror}"
+                ) from None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

@@ -54,6 +54,8 @@ __all__ = [
     "X509Bundle",
     "certificate_thumbprint",
     "client_cert_from_header",
+    "client_cert_from_pem",
+    "from_trusted_proxy",
     "parse_trusted_proxies",
     "validate_tls_client_metadata",
     "verify_x509_svid",
@@ -410,6 +412,34 @@ def client_cert_from_header(
         der = _from_escaped_pem(value)
     _load_der(der)
     return der
+
+
+def client_cert_from_pem(pem: str) -> bytes:
+    """Return the DER form of one PEM certificate.
+
+    For the certificate the issuer's own TLS server verified in the
+    handshake, which cheroot hands over as PEM (``SSL_CLIENT_CERT``).
+    Raises ``InvalidRequest`` unless ``pem`` holds exactly one certificate.
+    """
+    blocks = _PEM_CERT.findall(pem)
+    if len(blocks) != 1 or _PEM_CERT.sub("", pem).strip():
+        raise InvalidRequest("client certificate must be one PEM certificate")
+    der = _b64_std("".join(blocks[0].split()))
+    if der is None:
+        raise InvalidRequest("client certificate is not valid PEM")
+    _load_der(der)
+    return der
+
+
+def from_trusted_proxy(
+    remote_addr: str | None,
+    trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> bool:
+    """Whether the connection's peer address lies in ``trusted_proxies``.
+
+    An IPv4-mapped IPv6 address counts as its IPv4 address.
+    """
+    return bool(remote_addr) and _trusted(remote_addr or "", trusted_proxies)
 
 
 def _trusted(

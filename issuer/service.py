@@ -81,6 +81,8 @@ from .mtls import (
     X509Bundle,
     certificate_thumbprint,
     client_cert_from_header,
+    client_cert_from_pem,
+    from_trusted_proxy,
     parse_trusted_proxies,
 )
 from .platforms import PlatformIdentity, TrustSources
@@ -94,7 +96,7 @@ from .replay import (
 )
 from .storage import Database, Revocation, StoreUnavailable
 
-__all__ = ["IssuerService", "TokenResponse"]
+__all__ = ["IssuerService", "PresentedCertificate", "TokenResponse"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,19 @@ class Binding:
         """``DPoP`` for DPoP-bound tokens (RFC 9449 section 5), else
         ``Bearer``."""
         return "DPoP" if self.kind == "dpop" else "Bearer"
+
+
+@dataclass(frozen=True)
+class PresentedCertificate:
+    """A client certificate whose key a TLS handshake proved (RFC 8705).
+
+    ``der`` is the certificate; ``via_proxy`` tells whose handshake it was:
+    a trusted TLS-terminating proxy's (forwarded in ``mtls_proxy_header``)
+    or the issuer's own TLS server's.
+    """
+
+    der: bytes
+    via_proxy: bool
 
 
 @dataclass
@@ -286,22 +301,28 @@ class IssuerService:
         now: float | None = None,
         *,
         dpop: Sequence[str] = (),
-        client_cert: bytes | None = None,
+        client_cert: PresentedCertificate | bytes | None = None,
     ) -> TokenResponse:
         """Handle a token request (RFC 6749 section 4.4, RFC 8693 section 2).
 
         ``params`` maps each body parameter to all its values; ``dpop`` holds
-        the values of every ``DPoP`` header field; ``client_cert`` is the DER
+        the values of every ``DPoP`` header field; ``client_cert`` is the
         client certificate of the mutual-TLS connection (RFC 8705), from
-        ``client_certificate``. Raises ``OAuthError``; every decision after
+        ``client_certificate`` (bare DER bytes count as forwarded by a
+        trusted proxy). Raises ``OAuthError``; every decision after
         client authentication is audited, and a token is returned only once
         its record is committed.
         """
         self.reload_policy_if_changed()
+        if isinstance(client_cert, bytes):
+            client_cert = PresentedCertificate(client_cert, via_proxy=True)
         single = _single_values(params)
         now_f = time.time() if now is None else now
         auth = self.authenticator.authenticate(
-            single, authorization, client_cert=client_cert, now=now_f
+            single,
+            authorization,
+            client_cert=client_cert.der if client_cert else None,
+            now=now_f,
         )
         client = auth.client
         self._limit(client.client_id)
@@ -343,7 +364,7 @@ class IssuerService:
         entry: AuditEntry,
         now_f: float,
         dpop: Sequence[str],
-        client_cert: bytes | None,
+        client_cert: PresentedCertificate | None,
     ) -> TokenResponse:
         client = auth.client
         grant_type = single.get("grant_type")
@@ -440,7 +461,7 @@ class IssuerService:
         self,
         client: Client,
         dpop: Sequence[str],
-        client_cert: bytes | None,
+        client_cert: PresentedCertificate | None,
         now: float,
     ) -> Binding:
         """How the issued token is bound: DPoP (RFC 9449), to the client
@@ -455,11 +476,9 @@ class IssuerService:
                 # RFC 9449 section 5.2: such a client gets no bearer token.
                 raise InvalidRequest("this client must send a DPoP proof")
             if client_cert is not None:
-                cnf = {"x5t#S256": certificate_thumbprint(client_cert)}
-                # Certificates reach the service only through the trusted
-                # proxy header; granian does not expose its peer certificate
-                # (docs/sender-constraints.md, known limits).
-                return Binding("mtls", cnf, mtls_boundary(via_proxy=True))
+                cnf = {"x5t#S256": certificate_thumbprint(client_cert.der)}
+                boundary = mtls_boundary(via_proxy=client_cert.via_proxy)
+                return Binding("mtls", cnf, boundary)
             return Binding("bearer", None, bearer_boundary())
         proof = self.dpop.verify(
             single_proof(list(dpop)), htm="POST", htu=self.token_endpoint, now=now
@@ -467,28 +486,42 @@ class IssuerService:
         return Binding("dpop", {"jkt": proof.jkt}, dpop_boundary(proof, self.dpop))
 
     def client_certificate(
-        self, header_value: str | None, remote_addr: str | None
-    ) -> bytes | None:
-        """The DER client certificate a trusted TLS-terminating proxy
-        forwarded in ``mtls_proxy_header``, or ``None``.
+        self,
+        header_value: str | None,
+        remote_addr: str | None,
+        handshake_pem: str | None = None,
+    ) -> PresentedCertificate | None:
+        """The client certificate of this request, or ``None``.
 
-        ``None`` when proxy mode is off or the header is absent or empty (the
+        Two sources: the certificate a trusted TLS-terminating proxy
+        forwarded in ``mtls_proxy_header`` (``header_value``), and the one
+        the issuer's own TLS server verified in the handshake
+        (``handshake_pem``, the ``SSL_CLIENT_CERT`` of issuer/tlsserve.py),
+        which counts only when the settings say the issuer terminates TLS.
+        A connection from a trusted proxy speaks for its client through the
+        header, so its own handshake certificate is ignored.
+
+        ``None`` when neither applies, or the header is absent or empty (the
         proxy saw no certificate). Raises ``InvalidClient`` when the header
         comes from an address outside ``mtls_trusted_proxies`` and
-        ``InvalidRequest`` when it does not hold one certificate.
+        ``InvalidRequest`` when a value does not hold one certificate.
         """
-        if not self.settings.mtls_proxy_header or header_value is None:
+        proxy_mode = bool(self.settings.mtls_proxy_header)
+        # nginx sends no header for an empty variable; another proxy may
+        # send an empty one when the client presented no certificate.
+        if proxy_mode and header_value is not None and header_value.strip():
+            der = client_cert_from_header(
+                header_value,
+                remote_addr=remote_addr or "",
+                trusted_proxies=self.trusted_proxies,
+                header_format=self.settings.mtls_proxy_header_format,
+            )
+            return PresentedCertificate(der, via_proxy=True)
+        if not handshake_pem or not self.settings.terminates_tls:
             return None
-        if not header_value.strip():
-            # nginx sends no header for an empty variable; another proxy may
-            # send an empty one when the client presented no certificate.
+        if proxy_mode and from_trusted_proxy(remote_addr, self.trusted_proxies):
             return None
-        return client_cert_from_header(
-            header_value,
-            remote_addr=remote_addr or "",
-            trusted_proxies=self.trusted_proxies,
-            header_format=self.settings.mtls_proxy_header_format,
-        )
+        return PresentedCertificate(client_cert_from_pem(handshake_pem), False)
 
     def _assess_cached(
         self,
@@ -513,7 +546,7 @@ class IssuerService:
                 sorted((d, r.value) for d, r in grant.credential_rating.ratings.items())
             ),
             binding.kind,
-            binding.boundary.value,
+            binding.boundary,
         )
         hit = self._assessments.get(key)
         if hit is None:

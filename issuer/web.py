@@ -152,6 +152,10 @@ class TokenFastPath:
         # PEP 3333: a request header arrives as HTTP_ plus its name in upper
         # case with hyphens turned into underscores.
         self.cert_key = "HTTP_" + header.upper().replace("-", "_") if header else ""
+        # The issuer's own TLS server (issuer/tlsserve.py) puts the verified
+        # peer certificate under this key, which no request header can
+        # produce; it is read only when the issuer terminates TLS.
+        self.tls_key = "SSL_CLIENT_CERT" if service.settings.terminates_tls else ""
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if (
@@ -194,6 +198,7 @@ class TokenFastPath:
         cert = self.service.client_certificate(
             environ.get(self.cert_key) if self.cert_key else None,
             environ.get("REMOTE_ADDR"),
+            environ.get(self.tls_key) if self.tls_key else None,
         )
         result = self.service.token(
             form, environ.get("HTTP_AUTHORIZATION"), dpop=proofs, client_cert=cert
@@ -243,8 +248,11 @@ def create_app(service: IssuerService) -> Flask:
     def token() -> Response:
         def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Response:
             header = service.settings.mtls_proxy_header
+            tls = service.settings.terminates_tls
             cert = service.client_certificate(
-                request.headers.get(header) if header else None, request.remote_addr
+                request.headers.get(header) if header else None,
+                request.remote_addr,
+                request.environ.get("SSL_CLIENT_CERT") if tls else None,
             )
             result = service.token(
                 form,

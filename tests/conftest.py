@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,11 +129,16 @@ def start_issuer(
     config: dict[str, Any] | None = None,
     workers: int = 1,
     name: str = "issuer",
+    tls_ca: Path | None = None,
+    serve_args: Sequence[str] = (),
 ) -> LiveIssuer:
     """Start ``wimse-issuer serve`` and wait until ``/healthz`` answers.
 
     ``name`` keeps the config and log files of several servers sharing one
-    home apart.
+    home apart. With ``tls_ca`` the issuer terminates TLS (``tls_cert_file``
+    in ``config``, or ``--tls-cert`` in ``serve_args``, extra options of
+    ``serve``) and is reached over https, its certificate checked against
+    ``tls_ca``.
     """
     port = free_port()
     config_path = None
@@ -145,20 +150,22 @@ def start_issuer(
     cmd = [sys.executable, "-m", "issuer", "--home", str(home)]
     if config_path is not None:
         cmd += ["--config", str(config_path)]
-    cmd += ["serve", "--port", str(port), "--workers", str(workers)]
+    cmd += ["serve", "--port", str(port), "--workers", str(workers), *serve_args]
     log_path = home / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed when the process ends
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{port}"
+    verify: str | bool = str(tls_ca) if tls_ca is not None else True
     deadline = time.time() + 30
     while time.time() < deadline:
         if proc.poll() is not None:
             log.close()
             raise RuntimeError("issuer exited: " + log_path.read_text())
         try:
-            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+            probe = requests.get(url + "/healthz", timeout=1, verify=verify)
+            if probe.status_code == 200:
                 return LiveIssuer(url, home, proc, config_path, log_path, env, log)
         except requests.ConnectionError:
             time.sleep(0.1)

@@ -82,3 +82,16 @@ def test_policy_reloads_without_restart(make_service: Any, tmp_path: Path) -> No
     service._policy_checked = 0.0
     service.reload_policy_if_changed()
     assert service.policy.version == "two"
+
+
+def test_sqlite_connections_use_wal_and_small_checkpoints(service: Any) -> None:
+    from issuer.storage import WAL_AUTOCHECKPOINT_PAGES
+
+    with service.db.engine.connect() as conn:
+        pragmas = [
+            conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+            for name in ("journal_mode", "synchronous", "wal_autocheckpoint")
+        ]
+    # synchronous 1 is NORMAL.
+    assert pragmas == ["wal", 1, WAL_AUTOCHECKPOINT_PAGES]
+    assert WAL_AUTOCHECKPOINT_PAGES == 250

@@ -243,6 +243,11 @@ class Database:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            path = self.engine.url.database
+            if path and path != ":memory:" and not path.startswith("file:"):
+                # The embedded default lives in the home folder: a fresh
+                # --home is created rather than reported as unreachable.
+                Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self) -> None:

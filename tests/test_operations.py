@@ -95,3 +95,17 @@ def test_sqlite_connections_use_wal_and_small_checkpoints(service: Any) -> None:
     # synchronous 1 is NORMAL.
     assert pragmas == ["wal", 1, WAL_AUTOCHECKPOINT_PAGES]
     assert WAL_AUTOCHECKPOINT_PAGES == 250
+
+
+def test_a_fresh_home_folder_is_created(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from issuer.cli import main
+
+    home = tmp_path / "not" / "yet"
+    result = CliRunner().invoke(
+        main, ["--home", str(home), "client", "add", "x", "--audience", "https://a"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (home / "wimse-issuer.db").is_file()
+    assert oct(home.stat().st_mode & 0o777) == "0o700"

@@ -234,7 +234,7 @@ class IssuerService:
         metrics.POLICY_INFO.labels(policy.version).set(1)
         self._policy_checked = time.monotonic()
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_limit_burst)
-        self._assessments: dict[tuple[Any, ...], tuple[Assessment, list[str]]] = {}
+        self._assessments: dict[tuple[Any, ...], _CachedAssessment] = {}
         self._verified: dict[str, tuple[PlatformIdentity, float, float]] = {}
         self.trust = TrustSources(
             settings.trust_sources,
@@ -551,11 +551,11 @@ class IssuerService:
         hit = self._assessments.get(key)
         if hit is None:
             assessment = self._assess(client.declared, grant, now, binding, caps)
-            hit = (assessment, assessment.explain())
+            hit = _CachedAssessment(assessment, assessment.explain())
             if len(self._assessments) > 10000:
                 self._assessments.clear()
             self._assessments[key] = hit
-        return dataclasses.replace(hit[0], appraised_at=now), hit[1]
+        return hit.at(now), hit.explanation
 
     def _assess(
         self,
@@ -1117,6 +1117,28 @@ def _single_values(params: Mapping[str, Sequence[str]]) -> dict[str, str]:
             raise InvalidRequest(f"parameter {name} repeated")
         out[name] = values[0]
     return out
+
+
+class _CachedAssessment:
+    """An assessment reused for requests without evidence, and its copy
+    stamped with the current second (one copy per second, not per token).
+
+    Threads may race to stamp a second; each builds an equal copy.
+    """
+
+    __slots__ = ("_stamped", "assessment", "explanation")
+
+    def __init__(self, assessment: Assessment, explanation: list[str]) -> None:
+        self.assessment = assessment
+        self.explanation = explanation
+        self._stamped = assessment
+
+    def at(self, now: int) -> Assessment:
+        stamped = self._stamped
+        if stamped.appraised_at != now:
+            stamped = dataclasses.replace(self.assessment, appraised_at=now)
+            self._stamped = stamped
+        return stamped
 
 
 def _request_requirement(single: Mapping[str, str]) -> Requirement:

@@ -404,6 +404,10 @@ def test_reused_assessment_keeps_its_own_appraisal_time_and_follows_changes(
     assert a["assurance_levels"]["appraised_at"] == 1_900_000_000
     assert b["assurance_levels"]["appraised_at"] == 1_900_000_100
     assert a["assurance_levels"]["mial"] == b["assurance_levels"]["mial"]
+    # Same second again, after another one: stamped anew, not reused stale.
+    again = service.token(params, auth, now=1_900_000_000.5).body["access_token"]
+    c = jwt.decode(again, options={"verify_signature": False})
+    assert c["assurance_levels"]["appraised_at"] == 1_900_000_000
     service.clients.update(client.client_id, declared={"mial.configuration": 1})
     third = service.token(params, auth).body["access_token"]
     claims = jwt.decode(third, options={"verify_signature": False})

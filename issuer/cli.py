@@ -23,6 +23,10 @@ from .keys import KeyRing, SecretHasher
 from .policy import Policy, PolicyError
 from .storage import Database, StoreUnavailable
 
+#: Seconds ``serve`` waits for requests in progress when told to stop,
+#: before it kills the workers that still hold one.
+SHUTDOWN_SECONDS = 10
+
 __all__ = ["main"]
 
 
@@ -147,6 +151,9 @@ def serve(
         # A worker that dies (killed, or a fatal fault) is replaced instead
         # of taking the whole server down.
         respawn_failed_workers=True,
+        # A client that never finishes its body would otherwise hold a
+        # graceful shutdown open forever.
+        workers_kill_timeout=SHUTDOWN_SECONDS,
         log_access=False,
     ).serve()
 

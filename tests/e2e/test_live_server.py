@@ -22,6 +22,8 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from issuer.keys import jwk_thumbprint
 
+from ..conftest import start_issuer, stop_issuer
+
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 K8S_ISSUER = "https://k8s.cluster.test"
@@ -265,3 +267,31 @@ def test_cli_manages_clients_keys_and_policy(live_issuer: Any, tmp_path: Path) -
     assert listed == []
     audit = live.cli("audit", "list", "--client", cid).stdout.splitlines()
     assert len(audit) == 2
+
+
+def test_sigterm_stops_the_server_even_with_a_body_that_never_ends(
+    tmp_path: Path,
+) -> None:
+    import signal
+    import socket
+
+    from issuer.cli import SHUTDOWN_SECONDS
+
+    live = start_issuer(tmp_path)
+    try:
+        host, port = live.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as stalled:
+            stalled.sendall(
+                b"POST /token HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 100\r\n\r\ngrant_type="
+            )
+            time.sleep(0.5)
+            started = time.monotonic()
+            live.process.send_signal(signal.SIGTERM)
+            code = live.process.wait(timeout=SHUTDOWN_SECONDS + 15)
+        assert code == 0
+        assert time.monotonic() - started < SHUTDOWN_SECONDS + 10
+        assert "refused to gracefully stop" in live.log_text()
+    finally:
+        stop_issuer(live)

@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
         help="accept a plain http issuer (loopback development only)",
     )
     p.add_argument("--jwks", metavar="FILE", help="JWK Set file instead of fetching")
+    p.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="PEM CA bundle for an issuer served under a private CA",
+    )
     p.add_argument("--leeway", type=int, default=30, help="clock skew, seconds")
     p.add_argument("--json", action="store_true", help="print JSON")
     return p
@@ -145,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             jwks=jwks,
             allow_http=args.allow_http,
             leeway=args.leeway,
+            ca_file=args.ca_file,
         )
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"wimse-verify: {exc}\n")

@@ -51,6 +51,7 @@ class Introspector:
         max_entries: int = 10_000,
         timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        ca_file: str | None = None,
     ) -> None:
         if endpoint is None and issuer is None:
             raise ValueError("give endpoint or issuer")
@@ -63,6 +64,7 @@ class Introspector:
         self.max_entries = max_entries
         self.timeout = timeout
         self.clock = clock
+        self.ca_file = ca_file
         # RFC 6749 section 2.3.1: form-urlencode both parts before base64.
         pair = (
             f"{urllib.parse.quote_plus(client_id)}:"
@@ -109,6 +111,7 @@ class Introspector:
                 "Content-Type": "application/x-www-form-urlencoded",
             },
             error=IntrospectionError,
+            ca_file=self.ca_file,
         )
         if not isinstance(document, dict) or type(document.get("active")) is not bool:
             raise IntrospectionError(detail="answer lacks a boolean active member")
@@ -140,7 +143,10 @@ class Introspector:
         assert self.issuer is not None
         try:
             metadata = fetch_metadata(
-                self.issuer, allow_http=self.allow_http, timeout=self.timeout
+                self.issuer,
+                allow_http=self.allow_http,
+                timeout=self.timeout,
+                ca_file=self.ca_file,
             )
         except InvalidMetadata as exc:
             raise IntrospectionError(detail=exc.detail) from None

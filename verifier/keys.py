@@ -12,8 +12,10 @@ plain http unless ``allow_http=True``.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
+import ssl
 import threading
 import time
 import urllib.error
@@ -232,7 +234,26 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect())
+@functools.lru_cache(maxsize=16)
+def _opener(ca_file: str | None) -> urllib.request.OpenerDirector:
+    """The URL opener: no redirects; with ``ca_file``, https servers are
+    checked against that PEM CA bundle instead of the system's."""
+    if ca_file is None:
+        return urllib.request.build_opener(_NoRedirect())
+    context = ssl.create_default_context(cafile=ca_file)
+    return urllib.request.build_opener(
+        _NoRedirect(), urllib.request.HTTPSHandler(context=context)
+    )
+
+
+def _why(exc: BaseException) -> str:
+    """A short reason for a failed fetch, e.g. the certificate check that
+    failed; never request data."""
+    reason = getattr(exc, "reason", None)
+    cause = reason if isinstance(reason, BaseException) else exc
+    message = getattr(cause, "verify_message", None) or getattr(cause, "strerror", None)
+    name = type(cause).__name__
+    return f"{name}: {str(message)[:120]}" if message else name
 
 
 def _max_age(cache_control: str | None) -> int | None:
@@ -262,12 +283,15 @@ def fetch_json(
     body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     error: type[KeySourceError] = KeyFetchError,
+    ca_file: str | None = None,
 ) -> tuple[Any, int | None]:
     """Fetch a JSON document; return it with its Cache-Control max-age.
 
-    Raises ``InsecureTransport`` for a refused URL and ``error`` (by default
-    ``KeyFetchError``) for network faults, non-200 answers, redirects,
-    oversize or non-JSON bodies. Duplicate member names are refused.
+    ``ca_file`` is a PEM CA bundle for servers with a private CA. Raises
+    ``InsecureTransport`` for a refused URL and ``error`` (by default
+    ``KeyFetchError``) for network faults (the detail names the cause, such
+    as a failed certificate check), non-200 answers, redirects, oversize or
+    non-JSON bodies. Duplicate member names are refused.
     """
     check_url(url, allow_http=allow_http)
     request = urllib.request.Request(url, data=body, method=method)  # noqa: S310
@@ -275,14 +299,14 @@ def fetch_json(
     for name, value in (headers or {}).items():
         request.add_header(name, value)
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
+        with _opener(ca_file).open(request, timeout=timeout) as response:
             status = response.status
             raw = response.read(max_bytes + 1)
             cache_control = response.headers.get("Cache-Control")
     except urllib.error.HTTPError as exc:
         raise error(detail=f"{url} answered HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise error(detail=f"{url} unreachable: {type(exc).__name__}") from None
+        raise error(detail=f"{url} unreachable ({_why(exc)})") from None
     if status != 200:
         raise error(detail=f"{url} answered HTTP {status}")
     if len(raw) > max_bytes:
@@ -356,7 +380,7 @@ def metadata_url(issuer: str) -> str:
 
 
 def fetch_metadata(
-    issuer: str, *, allow_http: bool, timeout: float = 5.0
+    issuer: str, *, allow_http: bool, timeout: float = 5.0, ca_file: str | None = None
 ) -> dict[str, Any]:
     """Fetch and check the issuer's RFC 8414 metadata.
 
@@ -368,7 +392,7 @@ def fetch_metadata(
     if urllib.parse.urlsplit(issuer).query:
         raise InsecureTransport(detail="issuer has a query component")
     document, _ = fetch_json(
-        metadata_url(issuer), allow_http=allow_http, timeout=timeout
+        metadata_url(issuer), allow_http=allow_http, timeout=timeout, ca_file=ca_file
     )
     if not isinstance(document, dict):
         raise InvalidMetadata(detail="metadata is not a JSON object")
@@ -440,6 +464,7 @@ class RemoteKeySource:
         max_ttl: float = 86400.0,
         refetch_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        ca_file: str | None = None,
     ) -> None:
         if issuer is None and jwks_uri is None:
             raise ValueError("give issuer or jwks_uri")
@@ -457,6 +482,7 @@ class RemoteKeySource:
         self.max_ttl = max_ttl
         self.refetch_interval = refetch_interval
         self.clock = clock
+        self.ca_file = ca_file
         self.metadata: dict[str, Any] | None = None
         self._keys: dict[str | None, VerificationKey] = {}
         self._expires = float("-inf")
@@ -521,7 +547,7 @@ class RemoteKeySource:
         self._last_attempt = now
         uri = self._resolve_jwks_uri()
         document, max_age = fetch_json(
-            uri, allow_http=self.allow_http, timeout=self.timeout
+            uri, allow_http=self.allow_http, timeout=self.timeout, ca_file=self.ca_file
         )
         if not isinstance(document, dict):
             raise InvalidKeySet(detail="key set is not a JSON object")
@@ -535,7 +561,10 @@ class RemoteKeySource:
             return self.jwks_uri
         assert self.issuer is not None
         metadata = fetch_metadata(
-            self.issuer, allow_http=self.allow_http, timeout=self.timeout
+            self.issuer,
+            allow_http=self.allow_http,
+            timeout=self.timeout,
+            ca_file=self.ca_file,
         )
         uri = metadata.get("jwks_uri")
         if not isinstance(uri, str):

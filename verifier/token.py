@@ -214,6 +214,8 @@ class TokenVerifier:
     - ``introspection``: an ``Introspector`` asked after local checks, for
       revocation [None].
     - ``timeout``: seconds per metadata or key set request [5].
+    - ``ca_file``: PEM CA bundle that checks the issuer's https certificate
+      instead of the system's, for an issuer under a private CA [None].
 
     Raises ``ValueError`` for a disallowed algorithm and ``InsecureTransport``
     for a refused URL.
@@ -234,6 +236,7 @@ class TokenVerifier:
         provenance: int | None = None,
         introspection: Introspector | None = None,
         timeout: float = 5.0,
+        ca_file: str | None = None,
     ) -> None:
         algs = frozenset(algorithms)
         if not algs or not algs <= SUPPORTED_ALGORITHMS:
@@ -253,7 +256,7 @@ class TokenVerifier:
         self.dpop = dpop or DPoPVerifier()
         self.provenance = provenance
         self.introspection = introspection
-        self.keys = self._key_source(jwks, jwks_uri, allow_http, timeout)
+        self.keys = self._key_source(jwks, jwks_uri, allow_http, timeout, ca_file)
         self._algs = {name: get_default_algorithms()[name] for name in algs}
         self._headers: dict[str, _Header] = {}
 
@@ -263,6 +266,7 @@ class TokenVerifier:
         jwks_uri: str | None,
         allow_http: bool,
         timeout: float,
+        ca_file: str | None,
     ) -> KeySource:
         if jwks is not None and jwks_uri is not None:
             raise ValueError("give jwks or jwks_uri, not both")
@@ -277,6 +281,7 @@ class TokenVerifier:
             allow_http=allow_http,
             algorithms=self.algorithms,
             timeout=timeout,
+            ca_file=ca_file,
         )
 
     # -- the one public operation ------------------------------------------

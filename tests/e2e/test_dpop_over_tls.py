@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-from verifier import TokenVerifier, VerifierError
+from verifier import Introspector, KeyFetchError, TokenVerifier, VerifierError
+from verifier.cli import main as verify_cli
 
 from ..conftest import start_issuer, stop_issuer
 from ..test_dpop_issuance import Holder
@@ -120,8 +121,8 @@ def test_dpop_over_tls_raises_overall_maal_and_needs_the_proof(
             body: dict[str, Any] = resp.json()
             return body
 
-        jwks = requests.get(live.url + "/jwks.json", verify=verify, timeout=5).json()
-        verifier = TokenVerifier(issuer=live.url, audience=API, jwks=jwks)
+        # The verifier discovers the keys over https under the private CA.
+        verifier = TokenVerifier(issuer=live.url, audience=API, ca_file=verify)
 
         bearer = exchange({})
         assert bearer["token_type"] == "Bearer"
@@ -156,5 +157,22 @@ def test_dpop_over_tls_raises_overall_maal_and_needs_the_proof(
                 http_url=api_url,
             )
         assert token not in live.log_text()
+
+        # Without the CA the keys cannot be fetched, and the error says why.
+        blind = TokenVerifier(issuer=live.url, audience=API)
+        with pytest.raises(KeyFetchError) as caught:
+            blind.verify(bearer["access_token"])
+        assert "SSLCertVerificationError" in str(caught.value)
+        # Introspection and wimse-verify take the same CA file.
+        reader = Introspector(
+            issuer=live.url,
+            client_id=reg["client_id"],
+            client_secret=reg["client_secret"],
+            ca_file=verify,
+        )
+        assert reader.introspect(bearer["access_token"])["active"] is True
+        args = ["--issuer", live.url, "--audience", API, bearer["access_token"]]
+        assert verify_cli([*args, "--ca-file", verify]) == 0
+        assert verify_cli(args) == 1
     finally:
         stop_issuer(live)

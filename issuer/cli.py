@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -128,6 +129,7 @@ def serve(
     if settings.terminates_tls:
         _serve_tls(settings, env)
         return
+    _check_address(settings.host, settings.port)
     os.environ.update(env)
     click.echo(
         f"wimse-issuer: serving {settings.resolved_issuer_url()} on "
@@ -158,6 +160,17 @@ def serve(
     ).serve()
 
 
+def _check_address(host: str, port: int) -> None:
+    """Fail with a message, not granian's traceback, when the address cannot
+    be bound (in use, no permission, not local)."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise click.ClickException(f"cannot serve on {host}:{port}: {reason}") from None
+
+
 def _serve_tls(settings: Settings, env: dict[str, str]) -> None:
     """``serve`` with TLS terminated by the issuer (issuer/tlsserve.py)."""
     from .tlsserve import build_context, client_ca_files
@@ -181,7 +194,12 @@ def _serve_tls(settings: Settings, env: dict[str, str]) -> None:
         f"home {settings.home_path})",
         err=True,
     )
-    serve_tls(settings, context)
+    try:
+        serve_tls(settings, context)
+    except OSError as exc:
+        # Binding failed (address in use, no permission); cheroot's message
+        # names the address and the reason.
+        raise click.ClickException(f"cannot serve: {exc}") from None
 
 
 # -- clients -------------------------------------------------------------
@@ -274,10 +292,17 @@ def _load_jwks(path: str | None) -> Any:
         ) from None
 
 
-def _tls_auth(value: str | None) -> dict[str, str] | None:
+def _tls_auth(values: tuple[str, ...]) -> dict[str, str] | None:
     """``subject_dn=CN=x`` or ``san_uri=spiffe://...`` as RFC 8705 metadata."""
-    if value is None:
+    if not values:
         return None
+    if len(values) > 1:
+        raise click.BadParameter(
+            "give it once: a client registers exactly one subject (RFC 8705 "
+            "section 2.1.2)",
+            param_hint="--tls-auth",
+        )
+    value = values[0]
     name, sep, subject = value.partition("=")
     if not sep or not subject:
         raise click.BadParameter(
@@ -294,7 +319,7 @@ def _tls_auth(value: str | None) -> dict[str, str] | None:
 @click.option(
     "--tls-auth",
     "tls_auth",
-    default=None,
+    multiple=True,
     help="Authenticate with a CA-issued certificate (RFC 8705 tls_client_auth) "
     'whose subject matches, e.g. subject_dn="CN=a,O=b" or san_uri=spiffe://td/w.',
 )
@@ -324,7 +349,7 @@ def client_add(
     jwks_file: str | None,
     resource_server: bool | None,
     dpop_bound: bool | None,
-    tls_auth: str | None,
+    tls_auth: tuple[str, ...],
     self_signed_tls: bool,
     spiffe_id: str | None,
     as_json: bool,

@@ -656,7 +656,14 @@ def _parse_dn(value: str) -> x509.Name:
         elif ch in ",+":
             in_type = True
         out.append(ch)
-    return x509.Name.from_rfc4514_string("".join(out), _DN_NAMES)
+    try:
+        return x509.Name.from_rfc4514_string("".join(out), _DN_NAMES)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an RFC 4514 distinguished name: write it most "
+            "specific first, comma-separated, e.g. CN=api,O=Example (what "
+            "openssl x509 -noout -subject -nameopt RFC2253 prints)"
+        ) from None
 
 
 def _dn_equal(a: x509.Name, b: x509.Name) -> bool:

@@ -307,3 +307,61 @@ def test_ssl_client_cert_binds_only_with_tls_settings(
     bound = token_for(make_service(**tls(pki)), "direct")
     assert bound["cnf"] == {"x5t#S256": certificate_thumbprint(leaf.der)}
     assert bound["assurance_levels"]["maal"]["boundary"] == 3
+
+
+def test_serve_reports_a_port_in_use_without_a_traceback(
+    pki: dict[str, Path], tmp_path: Path
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        tls = ["--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"])]
+        cmd = [sys.executable, "-m", "issuer", "--home", str(tmp_path), "serve"]
+        result = subprocess.run(
+            [*cmd, "--port", str(port), *tls],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "Error: cannot serve:" in result.stderr
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_client_add_explains_a_distinguished_name_it_cannot_read(
+    tmp_path: Path,
+) -> None:
+    home = ["--home", str(tmp_path)]
+    slash = CliRunner().invoke(
+        main, [*home, "client", "add", "a", "--tls-auth", "subject_dn=/O=Example/CN=a"]
+    )
+    assert slash.exit_code == 1
+    assert "is not an RFC 4514 distinguished name" in slash.output
+    assert "CN=api,O=Example" in slash.output
+
+    twice = ["--tls-auth", "san_dns=a.example", "--tls-auth", "san_ip=127.0.0.1"]
+    repeated = CliRunner().invoke(main, [*home, "client", "add", "b", *twice])
+    assert repeated.exit_code == 2
+    assert "give it once" in repeated.output
+
+
+def test_plain_serve_reports_a_port_in_use_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            main, ["--home", str(tmp_path), "serve", "--port", str(port)]
+        )
+    assert result.exit_code == 1
+    assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in result.output

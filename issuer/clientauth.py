@@ -141,7 +141,7 @@ class ClientAuthenticator:
             when = time.time() if now is None else now
             return self._check_certificate(params["client_id"], client_cert, when)
         if not used:
-            raise InvalidClient("client authentication required", basic=False)
+            raise InvalidClient(self._missing(params.get("client_id")), basic=False)
         method = used[0]
         if method == "client_secret_basic":
             client_id, secret = self._parse_basic(authorization or "")
@@ -163,6 +163,24 @@ class ClientAuthenticator:
         if not sep or not client_id:
             raise InvalidClient("malformed Basic credentials", basic=True)
         return unquote_plus(client_id), unquote_plus(secret)
+
+    def _missing(self, client_id: str | None) -> str:
+        """What a request that authenticated no way at all is told: a client
+        registered for a certificate (RFC 8705) is told it sent none, so a
+        missing ``--cert`` is not mistaken for a wrong secret. Unknown
+        clients get the generic text, so the answer reveals nothing more
+        than the method a known ``client_id`` is registered for."""
+        client = (
+            self.registry.get(client_id)
+            if client_id and 0 < len(client_id) <= 64 and client_id.isprintable()
+            else None
+        )
+        if client is not None and {
+            "tls_client_auth",
+            "self_signed_tls_client_auth",
+        } & set(client.auth_methods):
+            return "client certificate required (mutual TLS)"
+        return "client authentication required"
 
     def _usable(self, client_id: str, method: str, basic: bool = False) -> Client:
         # Identifiers are generated URL-safe strings; anything else (NUL,

@@ -631,7 +631,11 @@ class IssuerService:
         return result.caps
 
     def tpm_activate(
-        self, params: Mapping[str, Sequence[str]], authorization: str | None
+        self,
+        params: Mapping[str, Sequence[str]],
+        authorization: str | None,
+        *,
+        client_cert: PresentedCertificate | None = None,
     ) -> dict[str, str]:
         """``POST /tpm/activate``: the issuer's half of TPM credential
         activation (TPM 2.0 Part 1 section 24) for the caller's AK.
@@ -641,7 +645,7 @@ class IssuerService:
         """
         self.reload_policy_if_changed()
         single = _single_values(params)
-        client = self.authenticator.authenticate(single, authorization).client
+        client = self._caller(single, authorization, client_cert)
         self._limit(client.client_id)
         policy = self.policy.evidence.tpm
         if policy is None:
@@ -887,6 +891,8 @@ class IssuerService:
         params: Mapping[str, Sequence[str]],
         authorization: str | None,
         now: float | None = None,
+        *,
+        client_cert: PresentedCertificate | None = None,
     ) -> dict[str, Any]:
         """``POST /challenge``: a single-use nonce bound to the caller.
 
@@ -895,7 +901,7 @@ class IssuerService:
         """
         self.reload_policy_if_changed()
         single = _single_values(params)
-        client = self.authenticator.authenticate(single, authorization).client
+        client = self._caller(single, authorization, client_cert)
         self._limit(client.client_id)
         now = time.time() if now is None else now
         nonce = secrets.token_urlsafe(32)
@@ -915,10 +921,12 @@ class IssuerService:
         params: Mapping[str, Sequence[str]],
         authorization: str | None,
         now: float | None = None,
+        *,
+        client_cert: PresentedCertificate | None = None,
     ) -> dict[str, Any]:
         """RFC 7662 section 2: the token's claims when active and visible to
         the caller, else ``{"active": false}``."""
-        caller, claims, now = self._about_token(params, authorization, now)
+        caller, claims, now = self._about_token(params, authorization, now, client_cert)
         if claims is None:
             return {"active": False}
         aud = claims.get("aud")
@@ -955,17 +963,32 @@ class IssuerService:
                 out[name] = claims[name]
         return out
 
+    def _caller(
+        self,
+        single: Mapping[str, str],
+        authorization: str | None,
+        client_cert: PresentedCertificate | None,
+    ) -> Client:
+        """The client authenticated at an endpoint other than /token, by any
+        method the token endpoint accepts, mutual TLS included (RFC 8705
+        section 2 applies to every endpoint that authenticates clients)."""
+        der = client_cert.der if client_cert is not None else None
+        return self.authenticator.authenticate(
+            single, authorization, client_cert=der
+        ).client
+
     def _about_token(
         self,
         params: Mapping[str, Sequence[str]],
         authorization: str | None,
         now: float | None,
+        client_cert: PresentedCertificate | None,
     ) -> tuple[Client, dict[str, Any] | None, float]:
         """Authenticate the caller of /introspect or /revoke and read the
         ``token`` parameter: the caller, the token's claims (``None`` when it
         is not an active token of ours) and the time used."""
         single = _single_values(params)
-        caller = self.authenticator.authenticate(single, authorization).client
+        caller = self._caller(single, authorization, client_cert)
         token = single.get("token")
         if not token:
             raise InvalidRequest("token is required")
@@ -987,13 +1010,15 @@ class IssuerService:
         params: Mapping[str, Sequence[str]],
         authorization: str | None,
         now: float | None = None,
+        *,
+        client_cert: PresentedCertificate | None = None,
     ) -> None:
         """RFC 7009 section 2.1: revoke one of the caller's own tokens.
 
         Unknown, invalid or expired tokens succeed silently (section 2.2);
         a token of another client is refused with ``unauthorized_client``.
         """
-        caller, claims, now = self._about_token(params, authorization, now)
+        caller, claims, now = self._about_token(params, authorization, now, client_cert)
         if claims is None:
             return
         if claims.get("client_id") != caller.client_id:

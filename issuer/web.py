@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import metrics
 from .errors import InvalidRequest, OAuthError, PayloadTooLarge, ServerUnavailable
-from .service import IssuerService
+from .service import IssuerService, PresentedCertificate
 from .storage import StoreUnavailable
 
 __all__ = ["TokenFastPath", "create_app", "parse_form", "run_form_endpoint"]
@@ -101,6 +101,8 @@ def read_body(stream: Any, length: int | None, limit: int) -> bytes:
 
 
 Handler = Callable[[Mapping[str, Sequence[str]]], tuple[int, dict[str, str], bytes]]
+Form = Mapping[str, Sequence[str]]
+Cert = PresentedCertificate | None
 
 
 def run_form_endpoint(
@@ -217,8 +219,19 @@ def create_app(service: IssuerService) -> Flask:
     max_body = service.settings.max_body_bytes
     jwks_cache = f"public, max-age={service.settings.jwks_max_age}"
 
+    def presented() -> Cert:
+        # The client certificate from a trusted proxy's header or from the
+        # issuer's own TLS handshake; see IssuerService.client_certificate.
+        header = service.settings.mtls_proxy_header
+        tls = service.settings.terminates_tls
+        return service.client_certificate(
+            request.headers.get(header) if header else None,
+            request.remote_addr,
+            request.environ.get("SSL_CLIENT_CERT") if tls else None,
+        )
+
     def call(
-        handler: Callable[[Mapping[str, Sequence[str]], str | None], Any],
+        handler: Callable[[Form, str | None, Cert], Any],
     ) -> Response:
         authz = request.headers.get("Authorization")
 
@@ -232,7 +245,7 @@ def create_app(service: IssuerService) -> Flask:
             )
 
         def run(form: Mapping[str, Sequence[str]]) -> tuple[int, dict[str, str], bytes]:
-            result = handler(form, authz)
+            result = handler(form, authz, presented())
             if isinstance(result, Response):
                 return result.status_code, dict(result.headers), result.get_data()
             return 200, dict(_NO_STORE), _dumps(result)
@@ -246,14 +259,7 @@ def create_app(service: IssuerService) -> Flask:
 
     @app.post("/token")
     def token() -> Response:
-        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Response:
-            header = service.settings.mtls_proxy_header
-            tls = service.settings.terminates_tls
-            cert = service.client_certificate(
-                request.headers.get(header) if header else None,
-                request.remote_addr,
-                request.environ.get("SSL_CLIENT_CERT") if tls else None,
-            )
+        def handle(form: Form, authz: str | None, cert: Cert) -> Response:
             result = service.token(
                 form,
                 authz,
@@ -266,29 +272,29 @@ def create_app(service: IssuerService) -> Flask:
 
     @app.post("/challenge")
     def challenge() -> Response:
-        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Any:
-            return service.challenge(form, authz)
+        def handle(form: Form, authz: str | None, cert: Cert) -> Any:
+            return service.challenge(form, authz, client_cert=cert)
 
         return call(handle)
 
     @app.post("/tpm/activate")
     def tpm_activate() -> Response:
-        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Any:
-            return service.tpm_activate(form, authz)
+        def handle(form: Form, authz: str | None, cert: Cert) -> Any:
+            return service.tpm_activate(form, authz, client_cert=cert)
 
         return call(handle)
 
     @app.post("/introspect")
     def introspect() -> Response:
-        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Any:
-            return service.introspect(form, authz)
+        def handle(form: Form, authz: str | None, cert: Cert) -> Any:
+            return service.introspect(form, authz, client_cert=cert)
 
         return call(handle)
 
     @app.post("/revoke")
     def revoke() -> Response:
-        def handle(form: Mapping[str, Sequence[str]], authz: str | None) -> Response:
-            service.revoke(form, authz)
+        def handle(form: Form, authz: str | None, cert: Cert) -> Response:
+            service.revoke(form, authz, client_cert=cert)
             return Response(status=200, headers=_NO_STORE)
 
         return call(handle)

@@ -287,6 +287,37 @@ def test_mtls_client_without_a_certificate_is_invalid_client(
 
     assert resp.status_code == 401
     assert resp.get_json()["error"] == "invalid_client"
+    assert "client certificate required" in resp.get_json()["error_description"]
+    # An unknown client id gets the generic text.
+    unknown = post(app, "no-such-client", None)
+    assert unknown.get_json()["error_description"] == "client authentication required"
+
+
+def test_forwarded_certificate_authenticates_at_introspection_and_revocation(
+    app: Any, mtls_service: Any, ca: Issued
+) -> None:
+    client_id = register(mtls_service, tls_auth={"tls_client_auth_subject_dn": DN})
+    leaf = issue(ca)
+    token = post(app, client_id, leaf).get_json()["access_token"]
+    headers = {HEADER: forwarded(leaf)}
+    form = {"client_id": client_id, "token": token}
+
+    seen = app.post("/introspect", data=form, headers=headers)
+    assert seen.status_code == 200, seen.get_json()
+    assert seen.get_json()["active"] is True
+    assert app.post("/revoke", data=form, headers=headers).status_code == 200
+    assert app.post("/introspect", data=form, headers=headers).get_json() == {
+        "active": False
+    }
+    # The same header from an address that is not a trusted proxy.
+    untrusted = app.post(
+        "/introspect",
+        data=form,
+        headers=headers,
+        environ_base={"REMOTE_ADDR": "10.9.8.7"},
+    )
+    assert untrusted.status_code == 401
+    assert untrusted.get_json()["error"] == "invalid_client"
 
 
 def test_certificate_of_another_method_does_not_authenticate_a_secret_client(

@@ -170,7 +170,7 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
 
 
 def wait_for_log(live: LiveIssuer, text: str) -> bool:
-    """Whether ``text`` shows in the log within 5 s (a writer thread logs)."""
+    """Whether ``text`` shows in the log within 5 s."""
     deadline = time.monotonic() + 5
     while text not in live.log_text():
         if time.monotonic() > deadline:
@@ -350,3 +350,42 @@ def test_tls_without_client_cas_by_flags_and_graceful_stop(tmp_path: Path) -> No
         assert wait_for_log(live, "shutting down")
     finally:
         stop_issuer(live)
+
+
+def test_a_certificate_client_authenticates_at_every_endpoint(direct: Direct) -> None:
+    """RFC 8705 section 2: mutual TLS authenticates the client wherever
+    client authentication is required, not only at /token."""
+
+    def call(path: str, data: dict[str, str], cert: Pair | None) -> requests.Response:
+        return requests.post(
+            direct.url + path,
+            data={**direct.cid("mtls"), **data},
+            cert=(str(cert.cert_file), str(cert.key_file)) if cert else None,
+            verify=str(direct.ca_file),
+            timeout=10,
+        )
+
+    token = direct.post(direct.cid("mtls"), direct.client).json()["access_token"]
+
+    challenge = call("/challenge", {}, direct.client)
+    assert challenge.status_code == 200, challenge.text
+    assert challenge.json()["nonce"]
+    seen = call("/introspect", {"token": token}, direct.client)
+    assert seen.status_code == 200, seen.text
+    assert seen.json()["active"] is True
+    assert seen.json()["cnf"] == {"x5t#S256": certificate_thumbprint(direct.client.der)}
+
+    # Without its certificate the client is told what is missing; with
+    # another client's certificate it is not authenticated.
+    missing = call("/introspect", {"token": token}, None)
+    assert error_of(missing) == (401, "invalid_client")
+    assert "client certificate required" in missing.json()["error_description"]
+    assert error_of(call("/revoke", {"token": token}, direct.stranger)) == (
+        401,
+        "invalid_client",
+    )
+
+    revoked = call("/revoke", {"token": token}, direct.client)
+    assert revoked.status_code == 200, revoked.text
+    after = call("/introspect", {"token": token}, direct.client)
+    assert after.json() == {"active": False}

@@ -90,11 +90,18 @@ def read_body(stream: Any, length: int | None, limit: int) -> bytes:
     limit is read, so an oversized body is refused rather than cut short and
     parsed: a truncated form could silently drop a parameter.
     """
-    if length is not None:
-        if length < 0 or length > limit:
-            raise PayloadTooLarge("request body too large")
-        return bytes(stream.read(length)) if length else b""
-    raw = bytes(stream.read(limit + 1))
+    if length is not None and length < 0:
+        raise InvalidRequest("Content-Length is negative")
+    if length is not None and length > limit:
+        raise PayloadTooLarge("request body too large")
+    try:
+        if length is not None:
+            return bytes(stream.read(length)) if length else b""
+        raw = bytes(stream.read(limit + 1))
+    except ValueError:
+        # The server's chunked decoder refused the framing (cheroot raises
+        # ValueError for a chunk size that is not hexadecimal).
+        raise InvalidRequest("malformed chunked request body") from None
     if len(raw) > limit:
         raise PayloadTooLarge("request body too large")
     return raw

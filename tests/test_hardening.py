@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -163,3 +164,77 @@ def test_metrics_add_up_across_workers(live_issuer: Any) -> None:
             float(row.split()[-1]) for row in text.splitlines() if row.startswith(line)
         )
         assert total == 20.0
+
+
+def test_read_body_refuses_a_negative_length_and_broken_chunking() -> None:
+    import io
+
+    from issuer.errors import InvalidRequest
+    from issuer.web import read_body
+
+    with pytest.raises(InvalidRequest) as negative:
+        read_body(io.BytesIO(b"x"), -5, 100)
+    assert negative.value.error == "invalid_request"
+    assert negative.value.status == 400
+
+    class BrokenChunks:
+        def read(self, size: int) -> bytes:
+            raise ValueError("Bad chunked transfer size: b'zz'")
+
+    with pytest.raises(InvalidRequest) as broken:
+        read_body(BrokenChunks(), None, 100)
+    assert str(broken.value.description) == "malformed chunked request body"
+
+
+def test_negative_content_length_is_invalid_request_on_the_wire(
+    live_issuer: Any,
+) -> None:
+    live = live_issuer()
+    host, port = live.url.removeprefix("http://").split(":")
+    for path in ("/token", "/introspect"):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\n"
+                "Content-Length: -5\r\n\r\n".encode()
+            )
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        # granian refuses the header itself (400, its own body): never 413.
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+
+
+def test_negative_content_length_reaching_the_app_is_invalid_request(
+    service: Any,
+) -> None:
+    """Servers that pass the header through (cheroot, in TLS mode) get an
+    OAuth error, never 413 or 500."""
+    import io
+
+    from issuer.web import create_app
+
+    app = create_app(service)
+    for path in ("/token", "/introspect"):
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": path,
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8080",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(b""),
+            "wsgi.errors": io.StringIO(),
+            "CONTENT_TYPE": "application/x-www-form-urlencoded",
+            "CONTENT_LENGTH": "-5",
+        }
+        seen: list[str] = []
+        body = b"".join(app(environ, lambda status, _h, seen=seen: seen.append(status)))
+        if path == "/token":
+            assert seen[0].startswith("400"), seen
+            assert json.loads(body)["error"] == "invalid_request"
+        else:
+            # werkzeug reads an invalid Content-Length as none: an empty
+            # form, refused for want of client authentication.
+            assert seen[0].startswith("401"), seen
+            assert json.loads(body)["error"] == "invalid_client"

@@ -389,3 +389,26 @@ def test_a_certificate_client_authenticates_at_every_endpoint(direct: Direct) ->
     assert revoked.status_code == 200, revoked.text
     after = call("/introspect", {"token": token}, direct.client)
     assert after.json() == {"active": False}
+
+
+def test_malformed_chunked_body_is_invalid_request_not_500(direct: Direct) -> None:
+    import ssl as ssl_module
+
+    context = ssl_module.create_default_context(cafile=str(direct.ca_file))
+    host, port = direct.url.removeprefix("https://").split(":")
+    for path in ("/token", "/introspect"):
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=host) as sock,
+        ):
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\n"
+                "Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".encode()
+            )
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), (path, head)
+        assert json.loads(body)["error"] == "invalid_request"

@@ -78,6 +78,14 @@ def _decode_segment(segment: str) -> dict[str, Any]:
     return value
 
 
+def unknown_id(client_id: str) -> str:
+    """How the log names a client id no client has: by a digest prefix and
+    its length, never the text, since callers who mix up the fields send
+    their secret (or id and secret joined) where the id belongs."""
+    digest = hashlib.sha256(client_id.encode("utf-8", "replace")).hexdigest()
+    return f"unknown client id (sha-256 {digest[:12]}, {len(client_id)} chars)"
+
+
 class ClientAuthenticator:
     """Authenticates clients against the registry.
 
@@ -188,11 +196,16 @@ class ClientAuthenticator:
         # reach the database.
         plausible = 0 < len(client_id) <= 64 and client_id.isprintable()
         client = self.registry.get(client_id) if plausible else None
-        if client is None or client.disabled or method not in client.auth_methods:
-            state = "unknown" if client is None else "disabled or other method"
+        if client is None:
             raise InvalidClient(
                 "client authentication failed",
-                detail=f"client {client_id[:64]!r}: {state} ({method})",
+                detail=f"{unknown_id(client_id)} ({method})",
+                basic=basic,
+            )
+        if client.disabled or method not in client.auth_methods:
+            raise InvalidClient(
+                "client authentication failed",
+                detail=f"client {client_id!r}: disabled or other method ({method})",
                 basic=basic,
             )
         return client

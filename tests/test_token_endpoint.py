@@ -392,6 +392,34 @@ def test_failed_authentication_is_logged_with_client_and_reason(
     assert secret not in caplog.text and "wrong" not in fields["reason"]
 
 
+def test_a_secret_sent_as_the_client_id_never_reaches_the_log(
+    client_app: Any, registered: tuple[str, str], caplog: Any
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="issuer")
+    cid, secret = registered
+    attempts = [
+        {"Authorization": basic(secret, cid)},  # fields swapped
+        {"Authorization": basic(cid + secret, "x")},  # joined
+    ]
+    for headers in attempts:
+        resp = post(client_app, {"grant_type": CC}, headers)
+        assert resp.status_code == 401
+        assert resp.get_json()["error"] == "invalid_client"
+    resp = post(client_app, {"grant_type": CC, "client_id": f"{cid}:{secret}"}, {})
+    assert resp.get_json()["error"] == "invalid_client"
+    reasons = [
+        r.fields["reason"]  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == "request refused"
+    ]
+    assert len(reasons) == 3
+    assert all("unknown client id (sha-256 " in r for r in reasons[:2]), reasons
+    assert secret not in caplog.text
+    assert secret[:16] not in caplog.text
+
+
 def test_reused_assessment_keeps_its_own_appraisal_time_and_follows_changes(
     service: Any,
 ) -> None:

@@ -156,10 +156,10 @@ class AuditLog:
             jti=jti,
             audience=_json(entry.audience),
             expires_at=expires_at,
-            chain=self._chain,
         )
         with self._lock:
             seq = self._seq + 1
+            record["chain"] = self._chain
             record["seq"] = seq
             record["prev_digest"] = self._prev
             digest = record_digest(self._prev, record)
@@ -177,8 +177,10 @@ class AuditLog:
         inserts every pending record in one transaction, so concurrent
         requests share one commit; the others find their record done. No
         caller returns before its own record is committed. A failed commit
-        fails its records and every record chained after them, and the chain
-        restarts from the last committed record, so it never has a gap.
+        fails its records and every record chained after them, and the
+        writer continues on a new chain: the old one ends with its last
+        stored record (the failed ones included, if they were stored after
+        all), so no chain has a gap or a reused position.
         """
         with self._commit_lock:
             if mine.outcome is None:
@@ -195,7 +197,13 @@ class AuditLog:
                     with self._lock:
                         failed = batch + self._pending
                         self._pending = []
-                        self._seq, self._prev = self._committed
+                        # Whether the failed commit reached the database is
+                        # unknown (a connection lost during COMMIT): reusing
+                        # its positions could collide with stored records,
+                        # so the writer starts a new chain.
+                        self._chain = secrets.token_urlsafe(12)
+                        self._seq, self._prev = 0, GENESIS
+                        self._committed = (0, GENESIS)
                     for p in failed:
                         p.outcome = failure
                     if failure is not exc:

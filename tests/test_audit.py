@@ -260,4 +260,35 @@ def test_a_failed_group_commit_fails_every_record_chained_on_it(
     assert [type(o) for o in outcomes] == [StoreUnavailable] * 4
     audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
     assert audit.verify() == (2, [])
-    assert [r["seq"] for r in audit.recent()] == [2, 1]
+    # The writer went on with a new chain after the failure.
+    first, second = reversed(audit.recent())
+    assert (first["seq"], second["seq"]) == (1, 1)
+    assert first["chain"] != second["chain"]
+
+
+def test_a_commit_that_landed_but_reported_failure_does_not_wedge_the_log(
+    service: Any,
+) -> None:
+    """A connection lost during COMMIT: the rows are stored, the driver
+    says it failed. Later writes must not collide with them."""
+    from issuer.audit import AuditEntry
+    from issuer.storage import StoreUnavailable
+
+    audit = service.audit
+    real = audit._insert
+    calls = {"n": 0}
+
+    def insert(records: Any) -> None:
+        real(records)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise StoreUnavailable("OperationalError")
+
+    audit._insert = insert
+    entry = AuditEntry("c", "client_credentials", "v")
+    audit.write(entry, decision="issued")
+    with pytest.raises(StoreUnavailable):
+        audit.write(entry, decision="issued")
+    for _ in range(3):
+        audit.write(entry, decision="issued")
+    assert audit.verify() == (5, [])

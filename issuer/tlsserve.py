@@ -22,10 +22,10 @@ proxy.
   the handshake fails (Python's ssl module has no verify callback that
   could let other certificates through).
 - ``make_server``: a cheroot server for a WSGI app, with TLS when given a
-  context. The handshake runs in a worker thread on the connection's first
-  use rather than in cheroot's accepting thread, so a client that connects
-  and stays silent holds one thread for at most ``SOCKET_TIMEOUT`` seconds
-  instead of stopping every other connection from being accepted.
+  context. A new connection waits in cheroot's selector until the client
+  sends something, so silent clients hold no thread; the handshake then
+  runs in a worker thread (not in cheroot's accepting thread), bounded by
+  ``HANDSHAKE_TIMEOUT``.
 - ``run``: serve until SIGTERM or SIGINT, then stop gracefully: no new
   connections, requests in progress finish (within ``SHUTDOWN_TIMEOUT``).
 - ``serve``: all of that for ``issuer.wsgi:app``.
@@ -52,6 +52,7 @@ from cheroot.ssl import Adapter
 from .config import ConfigError, Settings
 
 __all__ = [
+    "HANDSHAKE_TIMEOUT",
     "SHUTDOWN_TIMEOUT",
     "SOCKET_TIMEOUT",
     "build_context",
@@ -68,6 +69,9 @@ log = logging.getLogger(__name__)
 #: requests. It bounds each wait, not a whole request: a client that keeps
 #: trickling bytes keeps its thread.
 SOCKET_TIMEOUT = 10
+#: Seconds a TLS handshake may take in all, once the client has sent its
+#: first bytes.
+HANDSHAKE_TIMEOUT = 5
 #: Seconds ``run`` waits for requests in progress when stopping.
 SHUTDOWN_TIMEOUT = 10
 #: Listen backlog (cheroot's default of 5 drops connections under load).
@@ -197,12 +201,16 @@ class _TlsConnection(HTTPConnection):
     """A connection whose TLS handshake completes on its first use."""
 
     _handshake_done = False
+    #: Set once the connection waited in the selector for its first bytes.
+    _parked = False
 
     def communicate(self) -> bool:
         if not self._handshake_done:
             sock = self.socket
             try:
+                sock.settimeout(HANDSHAKE_TIMEOUT)
                 sock.do_handshake()
+                sock.settimeout(SOCKET_TIMEOUT)
             except (ssl.SSLError, OSError) as exc:
                 # Unknown CA, expired certificate, plain HTTP, a timeout:
                 # the client gets a TLS alert (or nothing) and no request is
@@ -242,7 +250,23 @@ def _close_gently(sock: ssl.SSLSocket) -> None:
 
 
 class _Server(wsgi.Server):
-    """cheroot's WSGI server, logging through the issuer's logging."""
+    """cheroot's WSGI server, logging through the issuer's logging.
+
+    cheroot hands a newly accepted connection straight to a worker thread,
+    where the TLS handshake would wait for a client that sends nothing: a
+    few idle sockets would hold every worker. Here a new TLS connection
+    first waits in cheroot's selector, like an idle keep-alive connection,
+    and reaches a worker only once the client has sent something; one that
+    stays silent is closed after ``SOCKET_TIMEOUT`` without holding a
+    thread. The handshake itself is bounded by ``HANDSHAKE_TIMEOUT``.
+    """
+
+    def process_conn(self, conn: Any) -> None:
+        if isinstance(conn, _TlsConnection) and not conn._parked:
+            conn._parked = True
+            self.put_conn(conn)
+            return
+        super().process_conn(conn)
 
     def error_log(
         self, msg: str = "", level: int = 20, traceback: bool = False

@@ -298,14 +298,36 @@ def test_certificate_headers_are_not_believed(direct: Direct) -> None:
     assert "cnf" not in claims_of(resp)
 
 
-def test_a_silent_connection_does_not_stop_others(direct: Direct) -> None:
-    # The handshake runs in a worker thread, not in the accepting loop.
+def test_silent_connections_hold_no_thread(direct: Direct) -> None:
+    # A new connection waits in the selector until the client sends, so
+    # many more silent sockets than worker threads (4) stop nobody.
     port = int(direct.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=5):
+    address = ("127.0.0.1", port)
+    silent = [socket.create_connection(address, timeout=5) for _ in range(40)]
+    try:
+        time.sleep(0.5)
         started = time.monotonic()
-        resp = direct.post(direct.cid("mtls"), direct.client)
-        assert resp.status_code == 200
+        for _ in range(3):
+            resp = direct.post(direct.cid("mtls"), direct.client)
+            assert resp.status_code == 200
         assert time.monotonic() - started < 3
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_a_stalled_handshake_is_dropped_after_the_handshake_timeout(
+    direct: Direct,
+) -> None:
+    from issuer.tlsserve import HANDSHAKE_TIMEOUT
+
+    port = int(direct.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, then nothing
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server
+        waited = time.monotonic() - started
+    assert HANDSHAKE_TIMEOUT - 1 < waited < HANDSHAKE_TIMEOUT + 3
 
 
 def test_tls_without_client_cas_by_flags_and_graceful_stop(tmp_path: Path) -> None:

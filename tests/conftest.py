@@ -123,6 +123,19 @@ class LiveIssuer:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_once(self, text: str, timeout: float = 5.0) -> str:
+        """The log once ``text`` shows in it: the issuer writes its lines in
+        batches (issuer/logs.py), so a line lands within a fraction of a
+        second, not at once. Fails the test when it never shows."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log_text()
+            if text in log:
+                return log
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout} s")
+            time.sleep(0.05)
+
 
 def start_issuer(
     home: Path,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import sys
+import threading
+import time
 
-from issuer.logs import FieldsFormatter, configure_logging
+from issuer.logs import BatchingStreamHandler, FieldsFormatter, configure_logging
 
 
 def _record(fields: object = None, exc: bool = False) -> logging.LogRecord:
@@ -73,14 +76,90 @@ def test_configure_logging_writes_to_stderr_synchronously(capsys: object) -> Non
         configure_logging("INFO")
         logging.getLogger("issuer.test").info("hello", extra={"fields": {"a": 1}})
         logging.getLogger("issuer.test").debug("hidden")
-        err = capsys.readouterr().err  # type: ignore[attr-defined]
+        # Written by the flusher thread within its interval.
+        deadline = time.monotonic() + 5
+        err = ""
+        while "hello" not in err and time.monotonic() < deadline:
+            time.sleep(0.05)
+            err += capsys.readouterr().err  # type: ignore[attr-defined]
         assert err.endswith('INFO issuer.test hello {"a":1}\n')
         assert "hidden" not in err
         # Records no longer collect what the line does not print.
         assert logging._srcfile is None and not logging.logThreads
     finally:
+        for handler in logger.handlers:
+            handler.close()
         logger.handlers[:] = saved[0]
         logger.setLevel(saved[1])
         logger.propagate = saved[2]
         for name, value in saved_switches.items():
             setattr(logging, name, value)
+
+
+def _handler(**kwargs: float) -> tuple[BatchingStreamHandler, io.StringIO]:
+    stream = io.StringIO()
+    handler = BatchingStreamHandler(stream, **kwargs)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    return handler, stream
+
+
+def _log(handler: logging.Handler, level: int, message: str) -> None:
+    handler.handle(
+        logging.LogRecord("issuer.t", level, __file__, 1, message, None, None)
+    )
+
+
+def test_batched_lines_wait_for_the_interval_warnings_do_not() -> None:
+    handler, stream = _handler(interval=3600)
+    try:
+        _log(handler, logging.INFO, "one")
+        _log(handler, logging.INFO, "two")
+        assert stream.getvalue() == ""
+        _log(handler, logging.WARNING, "three")
+        assert stream.getvalue() == "INFO one\nINFO two\nWARNING three\n"
+    finally:
+        handler.close()
+
+
+def test_the_flusher_writes_within_its_interval_and_close_writes_the_rest() -> None:
+    handler, stream = _handler(interval=0.05)
+    _log(handler, logging.INFO, "soon")
+    deadline = time.monotonic() + 5
+    while not stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.getvalue() == "INFO soon\n"
+    slow, slow_stream = _handler(interval=3600)
+    _log(slow, logging.INFO, "at close")
+    slow.close()
+    assert slow_stream.getvalue() == "INFO at close\n"
+    handler.close()
+
+
+def test_a_full_buffer_is_written_by_the_logging_thread() -> None:
+    handler, stream = _handler(interval=3600, max_lines=3)
+    try:
+        for n in range(3):
+            _log(handler, logging.INFO, str(n))
+        assert stream.getvalue() == "INFO 0\nINFO 1\nINFO 2\n"
+    finally:
+        handler.close()
+
+
+def test_concurrent_writers_keep_every_line_whole_and_in_per_thread_order() -> None:
+    handler, stream = _handler(interval=0.001)
+
+    def burst(name: str) -> None:
+        for n in range(200):
+            _log(handler, logging.INFO, f"{name}-{n}")
+
+    threads = [threading.Thread(target=burst, args=(f"t{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    handler.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 800
+    for i in range(4):
+        mine = [line for line in lines if line.startswith(f"INFO t{i}-")]
+        assert mine == [f"INFO t{i}-{n}" for n in range(200)]

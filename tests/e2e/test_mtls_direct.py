@@ -169,16 +169,6 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
         stop_issuer(live)
 
 
-def wait_for_log(live: LiveIssuer, text: str) -> bool:
-    """Whether ``text`` shows in the log within 5 s."""
-    deadline = time.monotonic() + 5
-    while text not in live.log_text():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def claims_of(resp: requests.Response) -> dict[str, Any]:
     assert resp.status_code == 200, resp.text
     claims: dict[str, Any] = jwt.decode(
@@ -267,7 +257,7 @@ def test_certificates_that_do_not_chain_fail_the_handshake(
     client = "self" if which == "self_signed" else "mtls"
     with pytest.raises(requests.exceptions.SSLError, match=alert):
         direct.post(direct.cid(client), getattr(direct, which))
-    assert wait_for_log(direct.live, f'"{logged}"')
+    direct.live.log_once(f'"{logged}"')
 
     # The server goes on serving.
     assert direct.post(direct.cid("mtls"), direct.client).status_code == 200
@@ -369,7 +359,7 @@ def test_tls_without_client_cas_by_flags_and_graceful_stop(tmp_path: Path) -> No
 
         live.process.send_signal(signal.SIGTERM)
         assert live.process.wait(timeout=15) == 0
-        assert wait_for_log(live, "shutting down")
+        live.log_once("shutting down")
     finally:
         stop_issuer(live)
 

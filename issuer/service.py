@@ -397,7 +397,7 @@ class IssuerService:
         caps = self._take_evidence(auth, single, params, binding, grant, entry, now_f)
 
         lifetime = self.settings.token_lifetime
-        assessment, explanation = self._assess_cached(client, grant, now, binding, caps)
+        assessment, verdict = self._assess_cached(client, grant, now, binding, caps)
         entry.mial, entry.maal = assessment.mial_level, assessment.maal_level
         entry.ratings = _ratings_record(assessment)
         self._enforce(assessment, client.client_id, audiences, scopes, requested)
@@ -423,7 +423,7 @@ class IssuerService:
         self.audit.write(
             entry,
             decision="issued",
-            reasons=explanation,
+            reasons=verdict,
             jti=claims["jti"],
             expires_at=expires_at,
         )
@@ -531,13 +531,14 @@ class IssuerService:
         binding: Binding,
         caps: Mapping[str, Rating],
     ) -> tuple[Assessment, list[str]]:
-        """The assessment and its explanation, reused for requests that carry
-        no evidence: then it depends only on the client's declarations, the
+        """The assessment and its verdict (the audit record's reasons; the
+        per-dimension reasons travel in its ratings), reused for requests
+        that carry no evidence: then it depends only on the client's declarations, the
         credential kind and the binding, all in the key, so only the
         appraisal time differs between two such requests."""
         if grant.evidence or caps:
             assessment = self._assess(client.declared, grant, now, binding, caps)
-            return assessment, assessment.explain()
+            return assessment, assessment.verdict()
         key = (
             client.client_id,
             tuple(sorted(client.declared.items())),
@@ -551,11 +552,11 @@ class IssuerService:
         hit = self._assessments.get(key)
         if hit is None:
             assessment = self._assess(client.declared, grant, now, binding, caps)
-            hit = _CachedAssessment(assessment, assessment.explain())
+            hit = _CachedAssessment(assessment, assessment.verdict())
             if len(self._assessments) > 10000:
                 self._assessments.clear()
             self._assessments[key] = hit
-        return hit.at(now), hit.explanation
+        return hit.at(now), hit.verdict
 
     def _assess(
         self,
@@ -1151,11 +1152,11 @@ class _CachedAssessment:
     Threads may race to stamp a second; each builds an equal copy.
     """
 
-    __slots__ = ("_stamped", "assessment", "explanation")
+    __slots__ = ("_stamped", "assessment", "verdict")
 
-    def __init__(self, assessment: Assessment, explanation: list[str]) -> None:
+    def __init__(self, assessment: Assessment, verdict: list[str]) -> None:
         self.assessment = assessment
-        self.explanation = explanation
+        self.verdict = verdict
         self._stamped = assessment
 
     def at(self, now: int) -> Assessment:

@@ -102,12 +102,17 @@ class Assessment:
         }
 
     def explain(self) -> list[str]:
-        """One line per dimension: value and reason, then the overall levels."""
+        """One line per dimension: value and reason, then the ``verdict``."""
         lines = []
         for kind, vector in (("mial", self.mial), ("maal", self.maal)):
             for dim, value in vector.items():
                 lines.append(f"{kind}.{dim} = {value}: {self.reasons[f'{kind}.{dim}']}")
-        lines.append(f"mial = {self.mial_level}, maal = {self.maal_level}")
+        return lines + self.verdict()
+
+    def verdict(self) -> list[str]:
+        """The overall levels and, for each kind below its top, what keeps it
+        from the next level. The per-dimension reasons are in ``reasons``."""
+        lines = [f"mial = {self.mial_level}, maal = {self.maal_level}"]
         for kind, level, vector in (
             ("mial", self.mial_level, self.mial),
             ("maal", self.maal_level, self.maal),

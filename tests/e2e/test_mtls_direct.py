@@ -197,8 +197,9 @@ def test_certificate_bound_token_over_the_issuers_own_tls(direct: Direct) -> Non
 
     # The audit record names the issuer's own handshake, not a proxy's.
     record = json.loads(direct.live.cli("audit", "show", claims["jti"]).stdout)
-    reasons = "\n".join(record["reasons"])
-    assert "maal.boundary = 3: certificate-bound; key proven in a live TLS" in reasons
+    boundary = record["ratings"]["reasons"]["maal.boundary"]
+    assert boundary == "certificate-bound; key proven in a live TLS handshake"
+    assert record["reasons"][0] == "mial = 1, maal = 1"
 
     # The verifier library accepts the token only with the same certificate.
     jwks = requests.get(

@@ -118,10 +118,8 @@ class AuditLog:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._chain = secrets.token_urlsafe(12)
-        # Chain head as handed out (``_seq``, ``_prev``) and as committed;
-        # they differ while records wait in ``_pending`` for a commit.
+        # Chain head as handed out; records wait in ``_pending`` for a commit.
         self._seq, self._prev = 0, GENESIS
-        self._committed: tuple[int, str] = (0, GENESIS)
         self._pending: list[_Pending] = []
         self._lock = threading.Lock()  # chain head and pending list
         self._commit_lock = threading.Lock()  # one committer at a time
@@ -203,14 +201,11 @@ class AuditLog:
                         # so the writer starts a new chain.
                         self._chain = secrets.token_urlsafe(12)
                         self._seq, self._prev = 0, GENESIS
-                        self._committed = (0, GENESIS)
                     for p in failed:
                         p.outcome = failure
                     if failure is not exc:
                         raise
                 else:
-                    last = batch[-1].record
-                    self._committed = (last["seq"], last["digest"])
                     for p in batch:
                         p.outcome = True
         if mine.outcome is not True:
@@ -227,11 +222,9 @@ class AuditLog:
                 self._raw = self._db.engine.raw_connection()
             cursor = self._raw.cursor()
             try:
-                rows = [[r[c] for c in _COLUMNS] for r in records]
-                if len(rows) == 1:
-                    cursor.execute(self._sql, rows[0])
-                else:
-                    cursor.executemany(self._sql, rows)
+                cursor.executemany(
+                    self._sql, [[r[c] for c in _COLUMNS] for r in records]
+                )
             finally:
                 cursor.close()
             self._raw.commit()

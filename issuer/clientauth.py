@@ -178,11 +178,7 @@ class ClientAuthenticator:
         missing ``--cert`` is not mistaken for a wrong secret. Unknown
         clients get the generic text, so the answer reveals nothing more
         than the method a known ``client_id`` is registered for."""
-        client = (
-            self.registry.get(client_id)
-            if client_id and 0 < len(client_id) <= 64 and client_id.isprintable()
-            else None
-        )
+        client = self._find(client_id or "")
         if client is not None and {
             "tls_client_auth",
             "self_signed_tls_client_auth",
@@ -190,12 +186,16 @@ class ClientAuthenticator:
             return "client certificate required (mutual TLS)"
         return "client authentication required"
 
+    def _find(self, client_id: str) -> Client | None:
+        """The registered client, or ``None``. Identifiers are generated
+        URL-safe strings; anything else (empty, NUL, control characters,
+        overlong) cannot name a client and does not reach the database."""
+        if 0 < len(client_id) <= 64 and client_id.isprintable():
+            return self.registry.get(client_id)
+        return None
+
     def _usable(self, client_id: str, method: str, basic: bool = False) -> Client:
-        # Identifiers are generated URL-safe strings; anything else (NUL,
-        # control characters, overlong) cannot name a client and must not
-        # reach the database.
-        plausible = 0 < len(client_id) <= 64 and client_id.isprintable()
-        client = self.registry.get(client_id) if plausible else None
+        client = self._find(client_id)
         if client is None:
             raise InvalidClient(
                 "client authentication failed",
@@ -226,7 +226,7 @@ class ClientAuthenticator:
         self, client_id: str, der: bytes, now: float
     ) -> AuthenticatedClient:
         """RFC 8705 section 2.1 or 2.2, by the client's registered method."""
-        found = self.registry.get(client_id) if 0 < len(client_id) <= 64 else None
+        found = self._find(client_id)
         method = "tls_client_auth"
         if found is not None and "self_signed_tls_client_auth" in found.auth_methods:
             method = "self_signed_tls_client_auth"

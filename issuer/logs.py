@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["FieldsFormatter", "configure_logging"]
+__all__ = ["BatchingStreamHandler", "FieldsFormatter", "configure_logging"]
 
 
 class FieldsFormatter(logging.Formatter):
@@ -65,9 +65,9 @@ class BatchingStreamHandler(logging.Handler):
     endpoint's throughput. Lines are kept in order in a buffer and written
     together every ``interval`` seconds by a flusher thread, at once for a
     record of level WARNING or above or when ``max_lines`` wait, and at
-    exit. A process killed
-    outright loses at most ``interval`` seconds of lines; the audit trail,
-    committed before each token leaves, does not depend on them.
+    exit. A process killed outright loses at most ``interval`` seconds of
+    lines; the audit trail, committed before each token leaves, does not
+    depend on them.
     """
 
     def __init__(

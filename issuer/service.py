@@ -318,12 +318,7 @@ class IssuerService:
             client_cert = PresentedCertificate(client_cert, via_proxy=True)
         single = _single_values(params)
         now_f = time.time() if now is None else now
-        auth = self.authenticator.authenticate(
-            single,
-            authorization,
-            client_cert=client_cert.der if client_cert else None,
-            now=now_f,
-        )
+        auth = self._authenticate(single, authorization, client_cert, now_f)
         client = auth.client
         self._limit(client.client_id)
         grant_type = single.get("grant_type", "")
@@ -533,9 +528,9 @@ class IssuerService:
     ) -> tuple[Assessment, list[str]]:
         """The assessment and its verdict (the audit record's reasons; the
         per-dimension reasons travel in its ratings), reused for requests
-        that carry no evidence: then it depends only on the client's declarations, the
-        credential kind and the binding, all in the key, so only the
-        appraisal time differs between two such requests."""
+        that carry no evidence: then it depends only on the client's
+        declarations, the credential kind and the binding, all in the key,
+        so only the appraisal time differs between two such requests."""
         if grant.evidence or caps:
             assessment = self._assess(client.declared, grant, now, binding, caps)
             return assessment, assessment.verdict()
@@ -646,7 +641,7 @@ class IssuerService:
         """
         self.reload_policy_if_changed()
         single = _single_values(params)
-        client = self._caller(single, authorization, client_cert)
+        client = self._authenticate(single, authorization, client_cert).client
         self._limit(client.client_id)
         policy = self.policy.evidence.tpm
         if policy is None:
@@ -902,7 +897,7 @@ class IssuerService:
         """
         self.reload_policy_if_changed()
         single = _single_values(params)
-        client = self._caller(single, authorization, client_cert)
+        client = self._authenticate(single, authorization, client_cert).client
         self._limit(client.client_id)
         now = time.time() if now is None else now
         nonce = secrets.token_urlsafe(32)
@@ -964,19 +959,20 @@ class IssuerService:
                 out[name] = claims[name]
         return out
 
-    def _caller(
+    def _authenticate(
         self,
         single: Mapping[str, str],
         authorization: str | None,
         client_cert: PresentedCertificate | None,
-    ) -> Client:
-        """The client authenticated at an endpoint other than /token, by any
-        method the token endpoint accepts, mutual TLS included (RFC 8705
-        section 2 applies to every endpoint that authenticates clients)."""
+        now: float | None = None,
+    ) -> AuthenticatedClient:
+        """Client authentication at any endpoint, by every method the token
+        endpoint accepts, mutual TLS included (RFC 8705 section 2 applies to
+        every endpoint that authenticates clients)."""
         der = client_cert.der if client_cert is not None else None
         return self.authenticator.authenticate(
-            single, authorization, client_cert=der
-        ).client
+            single, authorization, client_cert=der, now=now
+        )
 
     def _about_token(
         self,
@@ -989,7 +985,7 @@ class IssuerService:
         ``token`` parameter: the caller, the token's claims (``None`` when it
         is not an active token of ours) and the time used."""
         single = _single_values(params)
-        caller = self._caller(single, authorization, client_cert)
+        caller = self._authenticate(single, authorization, client_cert).client
         token = single.get("token")
         if not token:
             raise InvalidRequest("token is required")

@@ -22,7 +22,13 @@ from .errors import InvalidRequest, OAuthError, PayloadTooLarge, ServerUnavailab
 from .service import IssuerService, PresentedCertificate
 from .storage import StoreUnavailable
 
-__all__ = ["TokenFastPath", "create_app", "parse_form", "run_form_endpoint"]
+__all__ = [
+    "TokenFastPath",
+    "create_app",
+    "parse_form",
+    "request_certificate",
+    "run_form_endpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +151,26 @@ def run_form_endpoint(
         metrics.REQUEST_SECONDS.labels(path).observe(time.perf_counter() - started)
 
 
+def request_certificate(service: IssuerService, environ: Mapping[str, Any]) -> Cert:
+    """The client certificate of a WSGI request (PEP 3333 environ), for
+    every endpoint: a trusted proxy's ``mtls_proxy_header`` or the issuer's
+    own handshake, as ``IssuerService.client_certificate`` decides.
+
+    The issuer's TLS server (issuer/tlsserve.py) puts the verified peer
+    certificate under ``SSL_CLIENT_CERT``, a key no request header can
+    produce (headers arrive as ``HTTP_`` plus the name in upper case with
+    hyphens turned into underscores); the service reads it only when the
+    issuer terminates TLS.
+    """
+    header = service.settings.mtls_proxy_header
+    key = "HTTP_" + header.upper().replace("-", "_") if header else ""
+    return service.client_certificate(
+        environ.get(key) if key else None,
+        environ.get("REMOTE_ADDR"),
+        environ.get("SSL_CLIENT_CERT"),
+    )
+
+
 class TokenFastPath:
     """WSGI middleware answering ``POST /token`` without Flask.
 
@@ -157,14 +183,6 @@ class TokenFastPath:
         self.app = app
         self.service = service
         self.max_body = service.settings.max_body_bytes
-        header = service.settings.mtls_proxy_header
-        # PEP 3333: a request header arrives as HTTP_ plus its name in upper
-        # case with hyphens turned into underscores.
-        self.cert_key = "HTTP_" + header.upper().replace("-", "_") if header else ""
-        # The issuer's own TLS server (issuer/tlsserve.py) puts the verified
-        # peer certificate under this key, which no request header can
-        # produce; it is read only when the issuer terminates TLS.
-        self.tls_key = "SSL_CLIENT_CERT" if service.settings.terminates_tls else ""
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if (
@@ -204,11 +222,7 @@ class TokenFastPath:
         # DPoP module refuses more than one (RFC 9449 section 4.3).
         # An empty DPoP field is still a DPoP field: refused, not ignored.
         proofs = dpop.split(",") if dpop is not None else []
-        cert = self.service.client_certificate(
-            environ.get(self.cert_key) if self.cert_key else None,
-            environ.get("REMOTE_ADDR"),
-            environ.get(self.tls_key) if self.tls_key else None,
-        )
+        cert = request_certificate(self.service, environ)
         result = self.service.token(
             form, environ.get("HTTP_AUTHORIZATION"), dpop=proofs, client_cert=cert
         )
@@ -226,17 +240,6 @@ def create_app(service: IssuerService) -> Flask:
     max_body = service.settings.max_body_bytes
     jwks_cache = f"public, max-age={service.settings.jwks_max_age}"
 
-    def presented() -> Cert:
-        # The client certificate from a trusted proxy's header or from the
-        # issuer's own TLS handshake; see IssuerService.client_certificate.
-        header = service.settings.mtls_proxy_header
-        tls = service.settings.terminates_tls
-        return service.client_certificate(
-            request.headers.get(header) if header else None,
-            request.remote_addr,
-            request.environ.get("SSL_CLIENT_CERT") if tls else None,
-        )
-
     def call(
         handler: Callable[[Form, str | None, Cert], Any],
     ) -> Response:
@@ -252,7 +255,7 @@ def create_app(service: IssuerService) -> Flask:
             )
 
         def run(form: Mapping[str, Sequence[str]]) -> tuple[int, dict[str, str], bytes]:
-            result = handler(form, authz, presented())
+            result = handler(form, authz, request_certificate(service, request.environ))
             if isinstance(result, Response):
                 return result.status_code, dict(result.headers), result.get_data()
             return 200, dict(_NO_STORE), _dumps(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import os
 import socket
@@ -62,6 +63,23 @@ def sample_trust_sources() -> dict[str, dict[str, Any]]:
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def quiet_gc() -> Iterator[None]:
+    """Collect garbage first and pause the collector during the test.
+
+    Input nested thousands deep makes the JSON parser recurse to Python's
+    limit. Should the collector run there and finalize an object an earlier
+    test left behind, pytest's unraisable-exception hook would itself hit
+    the limit while formatting and fail the test, depending on timing.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @pytest.fixture

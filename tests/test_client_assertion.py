@@ -256,6 +256,7 @@ def test_replay_store_choice_follows_settings() -> None:
     assert Settings(replay_store="database").resolved_replay_store() == "database"
 
 
+@pytest.mark.usefixtures("quiet_gc")
 def test_deeply_nested_assertion_json_is_invalid_client(client_app: Any) -> None:
     nested = base64.urlsafe_b64encode(b"[" * 100000).rstrip(b"=").decode()
     for token in (f"{nested}.e30.AAAA", f"eyJhbGciOiJFUzI1NiJ9.{nested}.AAAA"):

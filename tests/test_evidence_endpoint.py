@@ -306,6 +306,7 @@ level = 3
         '{"kind": "ear", "kind": "slsa_provenance", "value": "x"}',
     ],
 )
+@pytest.mark.usefixtures("quiet_gc")
 def test_malformed_evidence_is_refused_and_audited(
     evidence_service: Any, client: str, text: str
 ) -> None:

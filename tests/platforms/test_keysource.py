@@ -352,6 +352,7 @@ def test_oversized_body_is_a_fetch_failure(
         "deep-nesting",
     ],
 )
+@pytest.mark.usefixtures("quiet_gc")
 def test_unusable_responses_are_fetch_failures(
     serve: Callable[..., JwksServer], pki: Pki, reply: Reply
 ) -> None:

@@ -376,6 +376,7 @@ def test_rejects_payload_that_is_a_json_array() -> None:
     assert reason(lambda: eks_sources().verify(token, NOW)) == "malformed"
 
 
+@pytest.mark.usefixtures("quiet_gc")
 def test_rejects_deeply_nested_payload() -> None:
     head, _, signature = real_token().split(".")
     token = f"{head}.{b64(b'[' * 9000)}.{signature}"

@@ -220,14 +220,14 @@ class AuditLog:
         try:
             if self._raw is None:
                 self._raw = self._db.engine.raw_connection()
-            cursor = self._raw.cursor()
-            try:
-                cursor.executemany(
-                    self._sql, [[r[c] for c in _COLUMNS] for r in records]
-                )
-            finally:
-                cursor.close()
-            self._raw.commit()
+            rows = [[r[c] for c in _COLUMNS] for r in records]
+            with self._db.writing():
+                cursor = self._raw.cursor()
+                try:
+                    cursor.executemany(self._sql, rows)
+                finally:
+                    cursor.close()
+                self._raw.commit()
         except self._dbapi_error as exc:
             raw, self._raw = self._raw, None
             if raw is not None:

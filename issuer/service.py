@@ -1089,7 +1089,7 @@ class IssuerService:
     def close(self) -> None:
         """Release database connections and the Redis client."""
         self.audit.close()
-        self.db.engine.dispose()
+        self.db.dispose()
         if isinstance(self.replay, RedisReplayStore):
             self.replay.close()
 

@@ -9,6 +9,7 @@ for delegated token exchange (RFC 8693 section 4.1).
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,20 @@ import jwt
 from .assurance import Assessment
 from .keys import KeyRing
 
-__all__ = ["AccessTokenMinter", "read_own_token"]
+__all__ = ["AccessTokenMinter", "new_jti", "read_own_token"]
+
+
+def new_jti() -> str:
+    """A token id: the issue time in milliseconds, then 128 random bits.
+
+    Hex, so a jti never starts with "-" and reads as a CLI option. The time
+    comes first so that ids issued together sort together: each audit
+    commit then adds to the last page of the jti index instead of a random
+    page of it (bench/README.md: about 15 us less per commit on SQLite). The
+    time is no secret, the token's ``iat`` says it too; uniqueness rests on
+    the random part alone (RFC 7519 section 4.1.7).
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(16)}"
 
 
 class AccessTokenMinter:
@@ -50,8 +64,7 @@ class AccessTokenMinter:
             "iat": now,
             "nbf": now,
             "exp": expires_at,
-            # Hex, so a jti never starts with "-" and reads as a CLI option.
-            "jti": secrets.token_hex(16),
+            "jti": new_jti(),
         }
         if scopes:
             claims["scope"] = " ".join(scopes)

@@ -440,3 +440,27 @@ def test_reused_assessment_keeps_its_own_appraisal_time_and_follows_changes(
     third = service.token(params, auth).body["access_token"]
     claims = jwt.decode(third, options={"verify_signature": False})
     assert claims["assurance_levels"]["mial"]["configuration"] == 1
+
+
+def test_token_ids_start_with_the_issue_time_and_never_repeat(
+    client_app: Any, registered: tuple[str, str]
+) -> None:
+    cid, secret = registered
+    claims = []
+    for _ in range(20):
+        resp = post(
+            client_app, {"grant_type": CC}, {"Authorization": basic(cid, secret)}
+        )
+        claims.append(
+            jwt.decode(
+                resp.get_json()["access_token"], options={"verify_signature": False}
+            )
+        )
+    jtis = [c["jti"] for c in claims]
+    assert len(set(jtis)) == 20
+    for c in claims:
+        # 12 hex digits of milliseconds, then 32 random hex digits.
+        assert len(c["jti"]) == 44 and int(c["jti"], 16) >= 0
+        assert int(c["jti"][:12], 16) // 1000 in (c["iat"], c["iat"] + 1)
+    # Ids issued later sort later, to the millisecond.
+    assert [j[:12] for j in jtis] == sorted(j[:12] for j in jtis)

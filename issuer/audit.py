@@ -13,6 +13,12 @@ record breaks the chain (``AuditLog.verify``). Per-writer chains let
 workers and instances write without a global lock. Before old records are
 pruned, a checkpoint signed with the issuer's key records where each chain
 then stood, and verification resumes from it.
+
+The ratings, reasons and credential of an assessment are stored once in
+``audit_assessments`` under their SHA-256 digest, and a record's
+``ratings`` holds that digest: the chain covers the digest, and
+verification checks that the stored JSON still hashes to it. Pruning keeps
+assessments, which are few and may be shared by the records that remain.
 """
 
 from __future__ import annotations
@@ -22,15 +28,23 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jwt
 import orjson
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
-from .storage import AuditCheckpoint, AuditRecord, Database, StoreUnavailable
+from .storage import (
+    ASSESSMENT_DIGEST_PREFIX,
+    AuditAssessment,
+    AuditCheckpoint,
+    AuditRecord,
+    Database,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from .keys import KeyRing
@@ -45,18 +59,31 @@ _CHAINED = (
 )  # fmt: skip
 CHECKPOINT_TYP = "audit-checkpoint+jwt"
 _COLUMNS = (*_CHAINED, "prev_digest", "digest")
+# Digests of assessments a writer knows are stored; past this many it
+# forgets them all and lets the database's conflict clause skip repeats.
+_KNOWN_ASSESSMENTS = 10_000
 
 
-def _insert_sql(paramstyle: str) -> str:
-    # Positional placeholders of the DBAPI drivers this issuer supports
-    # (sqlite3: qmark; psycopg: format/pyformat).
+def _insert_sql(paramstyle: str) -> tuple[str, str]:
+    """The record insert and the assessment insert, for the driver's
+    positional placeholders (sqlite3: qmark; psycopg: format/pyformat)."""
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(paramstyle)
     if mark is None:
         raise ValueError(f"unsupported database driver paramstyle {paramstyle}")
     columns = ", ".join(_COLUMNS)
     marks = ", ".join([mark] * len(_COLUMNS))
-    # Built only from the constant column names above, never from input.
-    return f"INSERT INTO audit_records ({columns}) VALUES ({marks})"  # noqa: S608
+    # Built only from the constant names above, never from input. SQLite
+    # (3.24 and later) and PostgreSQL both take ON CONFLICT DO NOTHING.
+    return (
+        f"INSERT INTO audit_records ({columns}) VALUES ({marks})",  # noqa: S608
+        f"INSERT INTO audit_assessments (digest, body) VALUES ({mark}, {mark}) "  # noqa: S608
+        "ON CONFLICT (digest) DO NOTHING",
+    )
+
+
+def assessment_digest(body: str) -> str:
+    """The digest naming an assessment's JSON in ``audit_assessments``."""
+    return ASSESSMENT_DIGEST_PREFIX + hashlib.sha256(body.encode()).hexdigest()
 
 
 def _json(value: Any) -> str:
@@ -94,6 +121,8 @@ class _Pending:
     committed, the error once its commit failed, ``None`` before."""
 
     record: dict[str, Any]
+    #: (digest, JSON) of its assessment when the writer has not stored it yet.
+    assessment: tuple[str, str] | None = None
     outcome: bool | StoreUnavailable | None = None
 
 
@@ -124,7 +153,8 @@ class AuditLog:
         self._lock = threading.Lock()  # chain head and pending list
         self._commit_lock = threading.Lock()  # one committer at a time
         self._raw: Any = None
-        self._sql = _insert_sql(db.engine.dialect.paramstyle)
+        self._sql, self._assessment_sql = _insert_sql(db.engine.dialect.paramstyle)
+        self._known: set[str] = set()  # assessment digests committed
         self._dbapi_error: type[Exception] = db.engine.dialect.dbapi.Error  # type: ignore[union-attr]
 
     def write(
@@ -137,7 +167,13 @@ class AuditLog:
         jti: str | None = None,
         expires_at: float | None = None,
     ) -> None:
-        """Commit one record; raises ``StoreUnavailable`` when it cannot."""
+        """Commit one record; raises ``StoreUnavailable`` when it cannot.
+
+        The assessment's JSON goes to ``audit_assessments`` once; the record
+        holds its digest, which the chain digest covers in turn.
+        """
+        assessment = _json(entry.ratings)
+        ref = assessment_digest(assessment)
         record: dict[str, Any] = dict(
             time=time.time(),
             client_id=entry.client_id,
@@ -147,7 +183,7 @@ class AuditLog:
             error=error,
             reasons=_json(reasons or []),
             evidence=_json(entry.evidence),
-            ratings=_json(entry.ratings),
+            ratings=ref,
             mial=entry.mial,
             maal=entry.maal,
             policy_version=entry.policy_version,
@@ -163,7 +199,7 @@ class AuditLog:
             digest = record_digest(self._prev, record)
             record["digest"] = digest
             self._seq, self._prev = seq, digest
-            mine = _Pending(record)
+            mine = _Pending(record, None if ref in self._known else (ref, assessment))
             self._pending.append(mine)
         self._commit(mine)
 
@@ -185,7 +221,7 @@ class AuditLog:
                 with self._lock:
                     batch, self._pending = self._pending, []
                 try:
-                    self._insert([p.record for p in batch])
+                    self._insert(batch)
                 except BaseException as exc:
                     failure = (
                         exc
@@ -206,13 +242,18 @@ class AuditLog:
                     if failure is not exc:
                         raise
                 else:
+                    if len(self._known) > _KNOWN_ASSESSMENTS:
+                        self._known.clear()
                     for p in batch:
                         p.outcome = True
+                        if p.assessment is not None:
+                            self._known.add(p.assessment[0])
         if mine.outcome is not True:
             raise StoreUnavailable(str(mine.outcome))
 
-    def _insert(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Insert and commit through one DBAPI connection kept by this writer.
+    def _insert(self, batch: Sequence[_Pending]) -> None:
+        """Insert and commit through one DBAPI connection kept by this writer:
+        the batch's new assessments, then its records, in one transaction.
 
         The statement is fixed, so the hot path skips SQLAlchemy's per-call
         work; a failed connection is dropped and reopened on the next write.
@@ -220,10 +261,13 @@ class AuditLog:
         try:
             if self._raw is None:
                 self._raw = self._db.engine.raw_connection()
-            rows = [[r[c] for c in _COLUMNS] for r in records]
+            assessments = {p.assessment for p in batch if p.assessment is not None}
+            rows = [[p.record[c] for c in _COLUMNS] for p in batch]
             with self._db.writing():
                 cursor = self._raw.cursor()
                 try:
+                    if assessments:
+                        cursor.executemany(self._assessment_sql, sorted(assessments))
                     cursor.executemany(self._sql, rows)
                 finally:
                     cursor.close()
@@ -245,12 +289,27 @@ class AuditLog:
             with contextlib.suppress(Exception):
                 raw.close()
 
+    @staticmethod
+    def _assessments(
+        s: Session, digests: Iterable[str] | None = None
+    ) -> dict[str, str]:
+        """Stored assessment JSON by digest: those named, or every one."""
+        query = select(AuditAssessment.digest, AuditAssessment.body)
+        if digests is not None:
+            wanted = {d for d in digests if d.startswith(ASSESSMENT_DIGEST_PREFIX)}
+            if not wanted:
+                return {}
+            query = query.where(AuditAssessment.digest.in_(wanted))
+        return {digest: body for digest, body in s.execute(query).all()}
+
     def by_jti(self, jti: str) -> dict[str, Any] | None:
         """The record of the token ``jti``, or ``None``."""
         query = select(AuditRecord).where(AuditRecord.jti == jti)
         with self._db.session() as s:
             rec = s.scalars(query).first()
-            return rec.as_dict() if rec is not None else None
+            if rec is None:
+                return None
+            return rec.as_dict(self._assessments(s, [rec.ratings]))
 
     def recent(
         self, client_id: str | None = None, limit: int = 100
@@ -260,14 +319,18 @@ class AuditLog:
         if client_id is not None:
             query = query.where(AuditRecord.client_id == client_id)
         with self._db.session() as s:
-            return [r.as_dict() for r in s.scalars(query).all()]
+            records = s.scalars(query).all()
+            bodies = self._assessments(s, [r.ratings for r in records])
+            return [r.as_dict(bodies) for r in records]
 
     def export(self) -> Iterator[dict[str, Any]]:
         """Every record, by chain and position, as JSON-ready dicts."""
         query = select(AuditRecord).order_by(AuditRecord.chain, AuditRecord.seq)
         with self._db.session() as s:
+            # Assessments are few (one per distinct outcome): load them first.
+            bodies = self._assessments(s)
             for rec in s.scalars(query).yield_per(500):
-                yield rec.as_dict()
+                yield rec.as_dict(bodies)
 
     def _stored(self) -> Iterator[dict[str, Any]]:
         """Every record as stored, JSON columns as their exact text, so the
@@ -292,6 +355,10 @@ class AuditLog:
         """
         problems: list[ChainProblem] = []
         starts = self.checkpoints()
+        with self._db.session() as s:
+            bodies = self._assessments(s)
+        # Per assessment digest: what is wrong with its stored JSON, or None.
+        assessment_problem: dict[str, str | None] = {}
         for chain, cp in starts.items():
             if keyring is not None and not _checkpoint_valid(cp, keyring):
                 problems.append(ChainProblem(chain, cp.seq, "checkpoint signature"))
@@ -310,6 +377,20 @@ class AuditLog:
                 problems.append(ChainProblem(current, rec["seq"], "broken link"))
             if record_digest(rec["prev_digest"], rec) != rec["digest"]:
                 problems.append(ChainProblem(current, rec["seq"], "record altered"))
+            ref = rec["ratings"]
+            if ref.startswith(ASSESSMENT_DIGEST_PREFIX):
+                if ref not in assessment_problem:
+                    body = bodies.get(ref)
+                    assessment_problem[ref] = (
+                        "assessment missing"
+                        if body is None
+                        else None
+                        if assessment_digest(body) == ref
+                        else "assessment altered"
+                    )
+                problem = assessment_problem[ref]
+                if problem is not None:
+                    problems.append(ChainProblem(current, rec["seq"], problem))
             seq, prev = rec["seq"], rec["digest"]
         return count, problems
 

@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 __all__ = [
+    "ASSESSMENT_DIGEST_PREFIX",
+    "AuditAssessment",
     "AuditCheckpoint",
     "AuditRecord",
     "Base",
@@ -103,6 +105,10 @@ class ClientRecord(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+#: How a digest of stored JSON starts (audit records and their assessments).
+ASSESSMENT_DIGEST_PREFIX = "sha-256:"
+
+
 class AuditRecord(Base):
     """One decision about an authenticated client: issued or refused."""
 
@@ -122,6 +128,9 @@ class AuditRecord(Base):
     error: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reasons: Mapped[str] = mapped_column(Text)
     evidence: Mapped[str] = mapped_column(Text)
+    #: The assessment's ratings, reasons and credential: the sha-256 digest
+    #: of its ``audit_assessments`` row (records written before that table
+    #: existed hold the JSON itself).
     ratings: Mapped[str] = mapped_column(Text)
     mial: Mapped[int | None] = mapped_column(Integer, nullable=True)
     maal: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -136,8 +145,12 @@ class AuditRecord(Base):
     prev_digest: Mapped[str] = mapped_column(String(80))
     digest: Mapped[str] = mapped_column(String(80))
 
-    def as_dict(self) -> dict[str, Any]:
-        """The record as plain JSON-ready data."""
+    def as_dict(self, assessments: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The record as plain JSON-ready data; ``assessments`` maps the
+        digests in ``ratings`` to their stored JSON (``None`` if missing)."""
+        ratings = self.ratings
+        if ratings.startswith(ASSESSMENT_DIGEST_PREFIX):
+            ratings = (assessments or {}).get(ratings) or "null"
         return {
             "id": self.id,
             "time": self.time,
@@ -148,7 +161,7 @@ class AuditRecord(Base):
             "error": self.error,
             "reasons": json.loads(self.reasons),
             "evidence": json.loads(self.evidence),
-            "ratings": json.loads(self.ratings),
+            "ratings": json.loads(ratings),
             "mial": self.mial,
             "maal": self.maal,
             "policy_version": self.policy_version,
@@ -160,6 +173,19 @@ class AuditRecord(Base):
             "prev_digest": self.prev_digest,
             "digest": self.digest,
         }
+
+
+class AuditAssessment(Base):
+    """One assessment's ratings, reasons and credential as JSON, stored once
+    under its sha-256 digest and referenced by every audit record it
+    applies to. Most records repeat an earlier assessment (the same client
+    and evidence rate the same), and the JSON was about two thirds of a
+    record: stored once, it leaves each record a third of the size."""
+
+    __tablename__ = "audit_assessments"
+
+    digest: Mapped[str] = mapped_column(String(80), primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
 
 
 class AuditCheckpoint(Base):

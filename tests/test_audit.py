@@ -292,3 +292,77 @@ def test_a_commit_that_landed_but_reported_failure_does_not_wedge_the_log(
     for _ in range(3):
         audit.write(entry, decision="issued")
     assert audit.verify() == (5, [])
+
+
+def test_records_share_one_stored_assessment(service: Any, issued: list[str]) -> None:
+    with service.db.engine.begin() as conn:
+        refs = [r for (r,) in conn.execute(text("SELECT ratings FROM audit_records"))]
+        stored = conn.execute(text("SELECT digest, body FROM audit_assessments")).all()
+    # Five issued tokens rate alike; the refusal came before any rating.
+    assert len(set(refs[:5])) == 1
+    assert {digest for digest, _ in stored} == set(refs)
+    assert all(ref.startswith("sha-256:") and len(ref) == 72 for ref in refs)
+    record = service.audit.by_jti(issued[0])
+    assert record["ratings"]["credential"] == "client_secret"
+    assert record["ratings"]["maal"]["provenance"] == 1
+    assert service.audit.recent(limit=6)[-1]["ratings"] == record["ratings"]
+
+
+def test_an_altered_or_missing_assessment_is_detected(
+    service: Any, issued: list[str], home: Any
+) -> None:
+    shared = service.audit.by_jti(issued[0])
+    with service.db.engine.begin() as conn:
+        ref = conn.execute(
+            text("SELECT ratings FROM audit_records WHERE seq = 1")
+        ).scalar_one()
+        conn.execute(
+            text("UPDATE audit_assessments SET body = :b WHERE digest = :d"),
+            {"b": json.dumps({**shared["ratings"], "credential": "hardware_key"}),
+             "d": ref},
+        )  # fmt: skip
+    _, problems = service.audit.verify()
+    assert [(p.seq, p.problem) for p in problems] == [
+        (seq, "assessment altered") for seq in range(1, 6)
+    ]
+    with service.db.engine.begin() as conn:
+        conn.execute(
+            text("DELETE FROM audit_assessments WHERE digest = :d"), {"d": ref}
+        )
+    _, problems = service.audit.verify()
+    assert {p.problem for p in problems} == {"assessment missing"}
+    # The records still read, without the assessment they lost.
+    assert service.audit.by_jti(issued[0])["ratings"] is None
+    result = CliRunner().invoke(main, ["--home", str(home), "audit", "verify"])
+    assert result.exit_code == 1
+    assert "seq 1: assessment missing" in result.output
+
+
+def test_records_written_before_the_assessment_table_still_verify(
+    home: Any, make_service: Any
+) -> None:
+    from issuer.audit import GENESIS, AuditEntry, record_digest
+    from issuer.storage import AuditRecord, Database
+
+    # A database at the schema before audit_assessments, with one record
+    # holding its ratings inline as it was written then.
+    db = Database(f"sqlite:///{home / 'wimse-issuer.db'}")
+    db.upgrade("0003")
+    old = {
+        "time": 1_700_000_000.0, "client_id": "c", "grant_type": "client_credentials",
+        "subject": "client:c", "decision": "issued", "error": None, "reasons": "[]",
+        "evidence": "[]", "ratings": json.dumps({"mial": {"supply_chain": 0}}),
+        "mial": 1, "maal": 1, "policy_version": "none", "jti": "old-jti",
+        "audience": "[]", "expires_at": 1_700_000_300.0, "chain": "old", "seq": 1,
+    }  # fmt: skip
+    old["prev_digest"] = GENESIS
+    old["digest"] = record_digest(GENESIS, old)
+    with db.engine.begin() as conn:
+        conn.execute(AuditRecord.__table__.insert().values(**old))
+    db.dispose()
+    # Starting the issuer migrates; new records reference stored assessments.
+    service = make_service()
+    service.audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    count, problems = service.audit.verify()
+    assert (count, problems) == (2, [])
+    assert service.audit.by_jti("old-jti")["ratings"] == {"mial": {"supply_chain": 0}}

@@ -109,3 +109,16 @@ def test_a_fresh_home_folder_is_created(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (home / "wimse-issuer.db").is_file()
     assert oct(home.stat().st_mode & 0o777) == "0o700"
+
+
+def test_migrations_build_the_schema_the_models_declare(tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from issuer.storage import Base, Database
+
+    db = Database(f"sqlite:///{tmp_path / 'issuer.db'}")
+    db.migrate()
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    db.dispose()

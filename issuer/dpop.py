@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import math
@@ -81,6 +82,10 @@ _PUBLIC_MEMBERS = {
     "OKP": ("crv", "x"),
 }
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+# PyJWT's algorithm objects by name, built once.
+_ALGORITHMS = get_default_algorithms()
+# Client keys whose parsing and checks are cached (``_checked_key``).
+_CHECKED_KEYS = 1024
 
 _NONCE_LABEL = b"wimse-assurance dpop-nonce v1"
 _NONCE_RANDOM = 8
@@ -389,7 +394,24 @@ def _verify_signature(
 ) -> str:
     """Steps 6 and 7; returns the RFC 7638 thumbprint of the ``jwk``."""
     public = _public_jwk(alg, jwk)
-    algorithm = get_default_algorithms()[alg]
+    key, jkt = _checked_key(alg, tuple(public.items()))
+    if not _ALGORITHMS[alg].verify(signing_input, key, signature):
+        raise InvalidDPoPProof("DPoP proof signature does not verify")
+    return jkt
+
+
+@functools.lru_cache(maxsize=_CHECKED_KEYS)
+def _checked_key(alg: str, members: tuple[tuple[str, str], ...]) -> tuple[Any, str]:
+    """The public key a jwk's public ``members`` encode, and its RFC 7638
+    thumbprint, once they are found a valid, canonical key for ``alg``.
+
+    A client signs every proof with the same key, so the parsing and checks
+    are cached per key (the signature is still verified on every proof).
+    Only keys that pass are cached, at most ``_CHECKED_KEYS`` of them, the
+    least recently used going first.
+    """
+    public = dict(members)
+    algorithm = _ALGORITHMS[alg]
     try:
         key = algorithm.from_jwk(public)
         canonical = algorithm.to_jwk(key, as_dict=True)
@@ -401,9 +423,7 @@ def _verify_signature(
         raise InvalidDPoPProof("DPoP proof jwk is not canonically encoded")
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
         raise InvalidDPoPProof("DPoP proof RSA key is shorter than 2048 bits")
-    if not algorithm.verify(signing_input, key, signature):
-        raise InvalidDPoPProof("DPoP proof signature does not verify")
-    return jwk_thumbprint(public)
+    return key, jwk_thumbprint(public)
 
 
 def _public_jwk(alg: str, jwk: object) -> dict[str, Any]:

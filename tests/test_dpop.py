@@ -610,6 +610,25 @@ def test_rejects_signature_by_another_key(
     assert error_of(lambda: check(verifier, proof)).error == "invalid_dpop_proof"
 
 
+def test_a_key_seen_before_still_needs_a_valid_signature_every_time(
+    verifier: DPoPVerifier, client: Client
+) -> None:
+    # The first proof puts the client's key among the checked keys; proofs
+    # that name the same key must still verify, and a weak or non-canonical
+    # key is refused however often it comes.
+    check(verifier, client.proof())
+    header, payload, signature = client.proof().split(".")
+    forged = f"{header}.{payload}.{signature[:-4]}AAAA"
+    assert error_of(lambda: check(verifier, forged)).error == "invalid_dpop_proof"
+    other = client.proof(signing_key=ec.generate_private_key(ec.SECP256R1()))
+    assert error_of(lambda: check(verifier, other)).error == "invalid_dpop_proof"
+    padded = {**client.jwk, "x": client.jwk["x"] + "="}
+    for _ in range(2):
+        proof = client.proof(header={"jwk": padded})
+        assert error_of(lambda: check(verifier, proof)).error == "invalid_dpop_proof"
+    check(verifier, client.proof())
+
+
 def test_rejects_tampered_payload(verifier: DPoPVerifier, client: Client) -> None:
     header, _, signature = client.proof().split(".")
     payload = b64url(

@@ -16,6 +16,7 @@ within its lifetime; pass a shared ``ReplayCache`` to close that gap.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import heapq
 import hmac
@@ -89,6 +90,7 @@ def _remove_dot_segments(path: str) -> str:
     return "/".join(out)
 
 
+@functools.lru_cache(maxsize=256)
 def normalize_htu(url: str) -> str:
     """Normalise an HTTP URI for ``htu`` comparison (RFC 9449 section 4.3).
 
@@ -97,6 +99,8 @@ def normalize_htu(url: str) -> str:
     segments removed) and section 6.2.3 scheme-based normalisation (default
     port dropped, empty path as ``/``); drops query and fragment. Raises
     ``ValueError`` for anything but an absolute http(s) URI without user info.
+    Results are cached for the 256 URIs last seen (a client sends the same
+    few); a refused URI is not cached.
     """
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()

@@ -1044,8 +1044,16 @@ class IssuerService:
 
     def metadata(self) -> dict[str, Any]:
         """RFC 8414 section 2 server metadata plus our extensions."""
-        methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
-        mtls = ["tls_client_auth", "self_signed_tls_client_auth"]
+        # One authenticator serves every endpoint that authenticates clients
+        # (RFC 8705 section 2 for the certificate methods).
+        methods = [
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+            "tls_client_auth",
+            "self_signed_tls_client_auth",
+            "spiffe_jwt",
+        ]
         return {
             "issuer": self.issuer,
             "token_endpoint": self.token_endpoint,
@@ -1055,7 +1063,7 @@ class IssuerService:
             "challenge_endpoint": f"{self.issuer}/challenge",
             "tpm_activation_endpoint": f"{self.issuer}/tpm/activate",
             "grant_types_supported": [GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE],
-            "token_endpoint_auth_methods_supported": [*methods, *mtls, "spiffe_jwt"],
+            "token_endpoint_auth_methods_supported": methods,
             "client_assertion_types_supported": [ASSERTION_TYPE, SPIFFE_ASSERTION_TYPE],
             "token_endpoint_auth_signing_alg_values_supported": list(
                 ASSERTION_ALGORITHMS
@@ -1095,8 +1103,10 @@ class IssuerService:
 
     def check_ready(self) -> None:
         """Raise ``ServerUnavailable`` when the database or Redis cannot be
-        reached."""
+        reached, or the SQLite writer lock cannot be taken."""
         try:
+            with self.db.writing():
+                pass
             with self.db.session() as s:
                 s.get(Revocation, "-")
             if isinstance(self.replay, RedisReplayStore):

@@ -6,10 +6,20 @@ server here; any WSGI server can do the same.
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing.util
+
 from .config import load_settings
 from .logs import configure_logging
 from .service import IssuerService
 from .web import create_app
 
 configure_logging()
-app = create_app(IssuerService(load_settings()))
+service = IssuerService(load_settings())
+app = create_app(service)
+# A worker that stops cleanly closes its connections, so the last SQLite
+# connection folds the WAL into the database file and removes it. granian
+# runs workers as multiprocessing children, which end without running
+# atexit hooks but run multiprocessing's own exit finalizers.
+atexit.register(service.close)
+multiprocessing.util.Finalize(None, service.close, exitpriority=10)

@@ -623,9 +623,9 @@ def test_a_key_seen_before_still_needs_a_valid_signature_every_time(
     other = client.proof(signing_key=ec.generate_private_key(ec.SECP256R1()))
     assert error_of(lambda: check(verifier, other)).error == "invalid_dpop_proof"
     padded = {**client.jwk, "x": client.jwk["x"] + "="}
-    for _ in range(2):
-        proof = client.proof(header={"jwk": padded})
-        assert error_of(lambda: check(verifier, proof)).error == "invalid_dpop_proof"
+    for proof in (client.proof(header={"jwk": padded}) for _ in range(2)):
+        exc = error_of(lambda p=proof: check(verifier, p))
+        assert exc.error == "invalid_dpop_proof"
     check(verifier, client.proof())
 
 

@@ -435,8 +435,10 @@ def test_metadata_advertises_mtls(app: Any) -> None:
     meta = app.get("/.well-known/oauth-authorization-server").get_json()
 
     assert meta["tls_client_certificate_bound_access_tokens"] is True
-    methods = meta["token_endpoint_auth_methods_supported"]
-    assert {"tls_client_auth", "self_signed_tls_client_auth"} <= set(methods)
+    certificates = {"tls_client_auth", "self_signed_tls_client_auth"}
+    # Certificates authenticate clients at every endpoint that asks for it.
+    for endpoint in ("token", "introspection", "revocation"):
+        assert certificates <= set(meta[f"{endpoint}_endpoint_auth_methods_supported"])
 
 
 def test_introspection_returns_the_certificate_confirmation(

@@ -145,7 +145,10 @@ def test_token_endpoint_fails_closed_when_the_lock_cannot_be_taken(
     assert resp.status_code == 503
     assert resp.json["error"] == "temporarily_unavailable"
     assert resp.headers["Retry-After"]
+    # Readiness says so too, so a load balancer stops sending tokens here.
+    assert client_app.get("/readyz").status_code == 503
     lock.rmdir()
+    assert client_app.get("/readyz").status_code == 200
     resp = client_app.post(
         "/token",
         data={"grant_type": "client_credentials"},

@@ -22,7 +22,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from issuer.keys import jwk_thumbprint
 
-from ..conftest import start_issuer, stop_issuer
+from ..conftest import basic, start_issuer, stop_issuer
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -293,3 +293,26 @@ def test_sigterm_stops_the_server_even_with_a_body_that_never_ends(
         assert "refused to gracefully stop" in live.log_text()
     finally:
         stop_issuer(live)
+
+
+def test_a_clean_stop_folds_the_sqlite_wal_into_the_database(tmp_path: Path) -> None:
+    live = start_issuer(tmp_path, workers=2)
+    try:
+        reg = live.add_client("wal", "--audience", "https://api.test")
+        for _ in range(4):
+            resp = requests.post(
+                live.url + "/token",
+                data={"grant_type": "client_credentials"},
+                headers={
+                    "Authorization": basic(reg["client_id"], reg["client_secret"])
+                },
+                timeout=10,
+            )
+            assert resp.status_code == 200
+        assert (tmp_path / "wimse-issuer.db-wal").exists()
+    finally:
+        stop_issuer(live)
+    # Each worker closed its connections on SIGTERM: the last one to close
+    # checkpointed the WAL into the database and removed it.
+    assert not (tmp_path / "wimse-issuer.db-wal").exists()
+    assert "4 records verified" in live.cli("audit", "verify").stdout

@@ -28,14 +28,13 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jwt
 import orjson
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
 
 from .storage import (
     ASSESSMENT_DIGEST_PREFIX,
@@ -44,6 +43,7 @@ from .storage import (
     AuditRecord,
     Database,
     StoreUnavailable,
+    stored_json,
 )
 
 if TYPE_CHECKING:
@@ -289,27 +289,16 @@ class AuditLog:
             with contextlib.suppress(Exception):
                 raw.close()
 
-    @staticmethod
-    def _assessments(
-        s: Session, digests: Iterable[str] | None = None
-    ) -> dict[str, str]:
-        """Stored assessment JSON by digest: those named, or every one."""
-        query = select(AuditAssessment.digest, AuditAssessment.body)
-        if digests is not None:
-            wanted = {d for d in digests if d.startswith(ASSESSMENT_DIGEST_PREFIX)}
-            if not wanted:
-                return {}
-            query = query.where(AuditAssessment.digest.in_(wanted))
-        return {digest: body for digest, body in s.execute(query).all()}
-
     def by_jti(self, jti: str) -> dict[str, Any] | None:
         """The record of the token ``jti``, or ``None``."""
         query = select(AuditRecord).where(AuditRecord.jti == jti)
+        try:
+            jti.encode("utf-8")
+        except UnicodeEncodeError:
+            return None  # no stored jti has a lone surrogate
         with self._db.session() as s:
             rec = s.scalars(query).first()
-            if rec is None:
-                return None
-            return rec.as_dict(self._assessments(s, [rec.ratings]))
+        return rec.as_dict(_Assessments(self._db)) if rec is not None else None
 
     def recent(
         self, client_id: str | None = None, limit: int = 100
@@ -320,17 +309,16 @@ class AuditLog:
             query = query.where(AuditRecord.client_id == client_id)
         with self._db.session() as s:
             records = s.scalars(query).all()
-            bodies = self._assessments(s, [r.ratings for r in records])
-            return [r.as_dict(bodies) for r in records]
+        lookup = _Assessments(self._db)
+        return [r.as_dict(lookup) for r in records]
 
     def export(self) -> Iterator[dict[str, Any]]:
         """Every record, by chain and position, as JSON-ready dicts."""
         query = select(AuditRecord).order_by(AuditRecord.chain, AuditRecord.seq)
+        lookup = _Assessments(self._db, preload=True)
         with self._db.session() as s:
-            # Assessments are few (one per distinct outcome): load them first.
-            bodies = self._assessments(s)
             for rec in s.scalars(query).yield_per(500):
-                yield rec.as_dict(bodies)
+                yield rec.as_dict(lookup)
 
     def _stored(self) -> Iterator[dict[str, Any]]:
         """Every record as stored, JSON columns as their exact text, so the
@@ -355,8 +343,7 @@ class AuditLog:
         """
         problems: list[ChainProblem] = []
         starts = self.checkpoints()
-        with self._db.session() as s:
-            bodies = self._assessments(s)
+        lookup = _Assessments(self._db, preload=True)
         # Per assessment digest: what is wrong with its stored JSON, or None.
         assessment_problem: dict[str, str | None] = {}
         for chain, cp in starts.items():
@@ -375,19 +362,14 @@ class AuditLog:
                 problems.append(ChainProblem(current, seq + 1, "missing record"))
             elif rec["prev_digest"] != prev:
                 problems.append(ChainProblem(current, rec["seq"], "broken link"))
-            if record_digest(rec["prev_digest"], rec) != rec["digest"]:
+            if _digest_or_none(rec) != rec["digest"]:
                 problems.append(ChainProblem(current, rec["seq"], "record altered"))
             ref = rec["ratings"]
-            if ref.startswith(ASSESSMENT_DIGEST_PREFIX):
+            if not _well_formed_ratings(ref):
+                problems.append(ChainProblem(current, rec["seq"], "record malformed"))
+            elif ref.startswith(ASSESSMENT_DIGEST_PREFIX):
                 if ref not in assessment_problem:
-                    body = bodies.get(ref)
-                    assessment_problem[ref] = (
-                        "assessment missing"
-                        if body is None
-                        else None
-                        if assessment_digest(body) == ref
-                        else "assessment altered"
-                    )
+                    assessment_problem[ref] = _assessment_problem(ref, lookup(ref))
                 problem = assessment_problem[ref]
                 if problem is not None:
                     problems.append(ChainProblem(current, rec["seq"], problem))
@@ -433,6 +415,62 @@ class AuditLog:
                 )
                 removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
         return removed
+
+
+class _Assessments:
+    """Stored assessment JSON by digest, for reading records.
+
+    A digest not found is looked up again rather than reported missing: a
+    record read after an earlier lookup was committed together with its
+    assessment, which is there by then unless someone removed it.
+    """
+
+    def __init__(self, db: Database, preload: bool = False) -> None:
+        self._db = db
+        self._known: dict[str, Any] = {}
+        if preload:
+            # Few (one per distinct outcome): one query for all of them.
+            query = select(AuditAssessment.digest, AuditAssessment.body)
+            with db.session() as s:
+                self._known.update((d, b) for d, b in s.execute(query).all())
+
+    def __call__(self, digest: str) -> Any:
+        if digest not in self._known:
+            with self._db.session() as s:
+                row = s.get(AuditAssessment, digest)
+                self._known[digest] = row.body if row is not None else None
+        return self._known[digest]
+
+
+_DIGEST_HEX = frozenset("0123456789abcdef")
+
+
+def _well_formed_ratings(value: Any) -> bool:
+    """A record's ratings: an assessment digest, or (records written before
+    the assessments table) a JSON object."""
+    if not isinstance(value, str):
+        return False
+    if value.startswith(ASSESSMENT_DIGEST_PREFIX):
+        hexpart = value[len(ASSESSMENT_DIGEST_PREFIX) :]
+        return len(hexpart) == 64 and set(hexpart) <= _DIGEST_HEX
+    return isinstance(stored_json(value), dict)
+
+
+def _assessment_problem(ref: str, body: Any) -> str | None:
+    if body is None:
+        return "assessment missing"
+    if not isinstance(body, str) or assessment_digest(body) != ref:
+        return "assessment altered"
+    return None
+
+
+def _digest_or_none(record: Mapping[str, Any]) -> str | None:
+    """The record's chain digest, or ``None`` when a field holds a value no
+    writer stores (an edited database), which then counts as altered."""
+    try:
+        return record_digest(record["prev_digest"], record)
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def _checkpoint_valid(cp: AuditCheckpoint, keyring: KeyRing) -> bool:

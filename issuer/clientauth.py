@@ -388,8 +388,10 @@ class ClientAuthenticator:
             if value > now + self.skew:
                 raise InvalidClient(f"client assertion {name} is in the future")
         jti = claims.get("jti")
-        if not isinstance(jti, str) or not 0 < len(jti) <= 200:
-            raise InvalidClient("client assertion needs a jti")
+        # Printable: no control characters, no lone surrogates (which have
+        # no UTF-8 encoding for the replay key's digest).
+        if not isinstance(jti, str) or not 0 < len(jti) <= 200 or not jti.isprintable():
+            raise InvalidClient("client assertion needs a jti of printable text")
         # An assertion issued before the replay store started could have been
         # used already and forgotten; without iat its earliest possible issue
         # time is exp minus the longest accepted lifetime.

@@ -449,8 +449,16 @@ def _public_jwk(alg: str, jwk: object) -> dict[str, Any]:
 def _required_claims(claims: dict[str, Any]) -> tuple[str, float]:
     """Step 3: ``jti``, ``htm``, ``htu`` and ``iat`` present and typed."""
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
-        raise InvalidDPoPProof("DPoP proof needs a jti of at most 256 characters")
+    # Printable excludes control characters and lone surrogates, which have
+    # no UTF-8 encoding for the replay key's digest.
+    if (
+        not isinstance(jti, str)
+        or not 0 < len(jti) <= MAX_JTI_CHARS
+        or not jti.isprintable()
+    ):
+        raise InvalidDPoPProof(
+            "DPoP proof needs a jti of at most 256 printable characters"
+        )
     for name in ("htm", "htu"):
         if not isinstance(claims.get(name), str):
             raise InvalidDPoPProof(f"DPoP proof needs a string {name}")

@@ -99,6 +99,8 @@ from .storage import Database, Revocation, StoreUnavailable
 __all__ = ["IssuerService", "PresentedCertificate", "TokenResponse"]
 
 log = logging.getLogger(__name__)
+#: How long ``/readyz`` waits for the SQLite writer lock before 503.
+READY_LOCK_WAIT_SECONDS = 0.5
 
 TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
@@ -1105,7 +1107,8 @@ class IssuerService:
         """Raise ``ServerUnavailable`` when the database or Redis cannot be
         reached, or the SQLite writer lock cannot be taken."""
         try:
-            with self.db.writing():
+            # Not the writers' full wait: a probe should answer promptly.
+            with self.db.writing(wait=READY_LOCK_WAIT_SECONDS):
                 pass
             with self.db.session() as s:
                 s.get(Revocation, "-")

@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,19 @@ class ClientRecord(Base):
 ASSESSMENT_DIGEST_PREFIX = "sha-256:"
 
 
+def stored_json(value: Any) -> Any:
+    """A JSON column's value: parsed, ``None`` for NULL, or the text itself
+    when it is not JSON."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    try:
+        return json.loads(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
 class AuditRecord(Base):
     """One decision about an authenticated client: issued or refused."""
 
@@ -145,12 +158,19 @@ class AuditRecord(Base):
     prev_digest: Mapped[str] = mapped_column(String(80))
     digest: Mapped[str] = mapped_column(String(80))
 
-    def as_dict(self, assessments: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """The record as plain JSON-ready data; ``assessments`` maps the
-        digests in ``ratings`` to their stored JSON (``None`` if missing)."""
-        ratings = self.ratings
-        if ratings.startswith(ASSESSMENT_DIGEST_PREFIX):
-            ratings = (assessments or {}).get(ratings) or "null"
+    def as_dict(
+        self, resolve: Callable[[str], str | None] | None = None
+    ) -> dict[str, Any]:
+        """The record as plain JSON-ready data; ``resolve`` gives the stored
+        JSON of an assessment digest in ``ratings`` (``None`` if missing).
+
+        A column that no longer holds JSON (an edited database) is shown as
+        the text it holds, so the record can still be read; ``audit
+        verify`` names it.
+        """
+        ratings: Any = self.ratings
+        if isinstance(ratings, str) and ratings.startswith(ASSESSMENT_DIGEST_PREFIX):
+            ratings = resolve(ratings) if resolve is not None else None
         return {
             "id": self.id,
             "time": self.time,
@@ -159,14 +179,14 @@ class AuditRecord(Base):
             "subject": self.subject,
             "decision": self.decision,
             "error": self.error,
-            "reasons": json.loads(self.reasons),
-            "evidence": json.loads(self.evidence),
-            "ratings": json.loads(ratings),
+            "reasons": stored_json(self.reasons),
+            "evidence": stored_json(self.evidence),
+            "ratings": stored_json(ratings),
             "mial": self.mial,
             "maal": self.maal,
             "policy_version": self.policy_version,
             "jti": self.jti,
-            "audience": json.loads(self.audience),
+            "audience": stored_json(self.audience),
             "expires_at": self.expires_at,
             "chain": self.chain,
             "seq": self.seq,
@@ -260,6 +280,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+#: Longest wait for the writer lock before a write fails as unavailable
+#: (503), as long as SQLite's own busy timeout.
+WRITER_LOCK_WAIT_SECONDS = 5.0
+# Pauses between tries while another process holds the writer lock: short,
+# because a writer holds it for about 0.1 ms.
+_LOCK_FIRST_PAUSE = 0.0001
+_LOCK_LONGEST_PAUSE = 0.001
+
+
 class _WriterLock:
     """One writer at a time on an SQLite file, across threads and processes.
 
@@ -268,9 +297,11 @@ class _WriterLock:
     two workers a write that lost the race waited about 10 ms even though
     the lock was free again after about 0.1 ms (bench/README.md). Writers on
     the token path take this lock first instead: a thread lock inside the
-    process and ``flock`` on ``<database>.writer-lock`` between processes,
-    which the kernel hands to the next waiter as soon as it is released,
-    and releases by itself if the holder dies.
+    process, then ``flock`` on ``<database>.writer-lock`` between processes,
+    tried again every 0.1 to 1 ms while another process holds it. Both
+    waits are bounded (``WRITER_LOCK_WAIT_SECONDS``): a holder that hangs
+    makes writes fail as unavailable rather than stall every thread. The
+    kernel releases the lock of a process that dies.
     """
 
     def __init__(self, path: str) -> None:
@@ -279,24 +310,69 @@ class _WriterLock:
         self._fd: int | None = None
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
-        with self._threads:
-            if self._fd is None:
-                try:
-                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-                except OSError as exc:
-                    raise StoreUnavailable(f"writer lock: {exc.strerror}") from exc
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+    def hold(self, wait: float | None = None) -> Iterator[None]:
+        wait = WRITER_LOCK_WAIT_SECONDS if wait is None else wait
+        deadline = time.monotonic() + wait
+        if not self._threads.acquire(timeout=wait):
+            raise StoreUnavailable(f"writer lock: not free within {wait:g} s")
+        try:
+            fd = self._lock_file(deadline, wait)
             try:
                 yield
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def _lock_file(self, deadline: float, wait: float) -> int:
+        """Take ``flock`` on the lock file by ``deadline``; return its fd."""
+        pause = _LOCK_FIRST_PAUSE
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"writer lock: held by another process for over {wait:g} s"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, _LOCK_LONGEST_PAUSE)
+                continue
+            except OSError as exc:
+                raise StoreUnavailable(f"writer lock: {exc.strerror}") from exc
+            if self._still_the_file(fd):
+                return fd
+            # The file was removed or replaced while this process kept it
+            # open: other processes lock the new one, so lock that too.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            self._reopen()
+
+    def _open(self) -> int:
+        if self._fd is None:
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                self._fd = os.open(self._path, flags, 0o600)
+            except OSError as exc:
+                raise StoreUnavailable(f"writer lock: {exc.strerror}") from exc
+        return self._fd
+
+    def _still_the_file(self, fd: int) -> bool:
+        try:
+            on_disk = os.stat(self._path, follow_symlinks=False)
+        except OSError:
+            return False
+        held = os.fstat(fd)
+        return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+
+    def _reopen(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def close(self) -> None:
         with self._threads:
-            fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+            self._reopen()
 
 
 class Database:
@@ -321,10 +397,15 @@ class Database:
                 self._writer = _WriterLock(str(Path(path).resolve()))
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
-    def writing(self) -> contextlib.AbstractContextManager[None]:
+    def writing(
+        self, wait: float | None = None
+    ) -> contextlib.AbstractContextManager[None]:
         """Hold the writer lock around a write on the token path (SQLite
-        files only; see ``_WriterLock``)."""
-        return self._writer.hold() if self._writer else contextlib.nullcontext()
+        files only; see ``_WriterLock``), waiting at most ``wait`` seconds
+        (default ``WRITER_LOCK_WAIT_SECONDS``); raises ``StoreUnavailable``."""
+        if self._writer is None:
+            return contextlib.nullcontext()
+        return self._writer.hold(wait)
 
     def dispose(self) -> None:
         """Close pooled connections and the writer lock's file."""

@@ -366,3 +366,107 @@ def test_records_written_before_the_assessment_table_still_verify(
     count, problems = service.audit.verify()
     assert (count, problems) == (2, [])
     assert service.audit.by_jti("old-jti")["ratings"] == {"mial": {"supply_chain": 0}}
+
+
+def test_an_assessment_stored_after_the_reader_started_is_found(service: Any) -> None:
+    from issuer.audit import AuditEntry, _Assessments
+
+    lookup = _Assessments(service.db, preload=True)
+    entry = AuditEntry("c", "client_credentials", "v", ratings={"credential": "new"})
+    service.audit.write(entry, decision="issued", jti="late")
+    ref = (
+        service.db.engine.connect()
+        .execute(text("SELECT ratings FROM audit_records WHERE jti = 'late'"))
+        .scalar_one()
+    )
+    assert json.loads(lookup(ref)) == {"credential": "new"}
+    assert service.audit.verify() == (1, [])
+
+
+@pytest.mark.parametrize(
+    ("ratings", "shown"),
+    [
+        ("{oops", "{oops"),
+        ("SHA-256:" + "a" * 64, "SHA-256:" + "a" * 64),
+        ("sha-256:short", None),
+        ("", ""),
+    ],
+)
+def test_a_resealed_record_with_malformed_ratings_is_named_and_still_reads(
+    service: Any, issued: list[str], home: Any, ratings: str, shown: Any
+) -> None:
+    # Whoever can write the database can append a record and seal it anew;
+    # verify cannot tell it from a real one by the chain, but it refuses a
+    # ratings value no writer stores, and the readers do not crash on it.
+    with service.db.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE audit_records SET ratings = :r WHERE seq = 2"), {"r": ratings}
+        )
+    _reseal(service)
+    _, problems = service.audit.verify()
+    assert [(p.seq, p.problem) for p in problems] == [(2, "record malformed")]
+    assert service.audit.by_jti(issued[1])["ratings"] == shown
+    runner = CliRunner()
+    for command in (
+        ["audit", "list"],
+        ["audit", "export"],
+        ["audit", "show", issued[1]],
+    ):
+        result = runner.invoke(main, ["--home", str(home), *command])
+        assert result.exit_code == 0, result.output
+
+
+def test_values_no_writer_stores_are_reported_not_crashed_on(
+    service: Any, issued: list[str], home: Any
+) -> None:
+    with service.db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_assessments SET body = x'00ff'"))
+        conn.execute(text("UPDATE audit_records SET ratings = x'00ff' WHERE seq = 3"))
+    _, problems = service.audit.verify()
+    assert (3, "record altered") in [(p.seq, p.problem) for p in problems]
+    assert (3, "record malformed") in [(p.seq, p.problem) for p in problems]
+    assert (1, "assessment altered") in [(p.seq, p.problem) for p in problems]
+    runner = CliRunner()
+    for command in (
+        ["audit", "list"],
+        ["audit", "export"],
+        ["audit", "show", issued[2]],
+    ):
+        result = runner.invoke(main, ["--home", str(home), *command])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["--home", str(home), "audit", "verify"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_show_with_an_id_no_token_can_have_finds_nothing(
+    service: Any, home: Any
+) -> None:
+    assert service.audit.by_jti("\udcff\udcfe") is None
+    result = CliRunner().invoke(main, ["--home", str(home), "audit", "show", "\udcff"])
+    assert result.exit_code == 1
+    assert "no audit record" in result.output
+
+
+def test_downgrading_below_the_assessments_table_is_refused_while_used(
+    service: Any, issued: list[str]
+) -> None:
+    with pytest.raises(RuntimeError, match="reference stored assessments"):
+        _downgrade(service.db, "0003")
+    count, problems = service.audit.verify()
+    assert (count, problems) == (6, [])
+
+
+def _downgrade(db: Any, revision: str) -> None:
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config
+
+    import issuer.storage
+
+    config = Config()
+    folder = Path(issuer.storage.__file__).resolve().parent / "migrations"
+    config.set_main_option("script_location", str(folder))
+    with db.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)

@@ -265,6 +265,16 @@ def test_deeply_nested_assertion_json_is_invalid_client(client_app: Any) -> None
         assert resp.get_json()["error"] == "invalid_client"
 
 
+def test_a_jti_that_is_not_printable_text_is_invalid_client(
+    client_app: Any, keyed_client: Any
+) -> None:
+    cid, key, kid = keyed_client
+    for jti in ("\ud800", "a\x00b", "line\nbreak"):
+        resp = request(client_app, assertion(cid, key, kid, jti=jti))
+        assert resp.status_code == 401
+        assert resp.get_json()["error"] == "invalid_client"
+
+
 def test_long_jti_and_nul_client_id_never_reach_the_store(
     client_app: Any, keyed_client: Any
 ) -> None:

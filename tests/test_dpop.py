@@ -686,6 +686,9 @@ def test_rejects_short_rsa_key(verifier: DPoPVerifier) -> None:
         {"iat": "1700000000"},
         {"jti": ""},
         {"jti": "j" * 257},
+        # Not encodable as UTF-8, and a control character.
+        {"jti": "\ud800"},
+        {"jti": "a\nb"},
     ],
 )
 def test_rejects_missing_or_mistyped_claims(

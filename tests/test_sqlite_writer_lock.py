@@ -6,11 +6,13 @@ import contextlib
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from issuer import storage
 from issuer.audit import AuditEntry, AuditLog
 from issuer.storage import Database, StoreUnavailable
 
@@ -26,6 +28,15 @@ except BlockingIOError:
     print("busy")
 else:
     print("free")
+"""
+
+# A child process that holds the writer lock until its stdin closes.
+_HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
 """
 
 # A child process that writes audit records through its own Database.
@@ -157,3 +168,70 @@ def test_token_endpoint_fails_closed_when_the_lock_cannot_be_taken(
     assert resp.status_code == 200
     count, problems = service.audit.verify()
     assert problems == [] and count >= 1
+
+
+@contextlib.contextmanager
+def _held_by_another_process(lock_path: Path) -> Iterator[None]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(lock_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdin is not None
+    try:
+        assert child.stdout.readline().strip() == "held"
+        yield
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)
+        child.stdout.close()
+
+
+def test_a_hung_holder_makes_writes_unavailable_not_stuck(
+    service: Any, client_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "WRITER_LOCK_WAIT_SECONDS", 0.3)
+    client, secret = service.clients.add("a", audiences=["https://api.test"])
+    auth = {"Authorization": basic(client.client_id, secret)}
+    form = {"grant_type": "client_credentials"}
+    lock = Path(service.db.engine.url.database + ".writer-lock")
+    with _held_by_another_process(lock):
+        resp = client_app.post("/token", data=form, headers=auth)
+        assert resp.status_code == 503
+        assert resp.json["error"] == "temporarily_unavailable"
+        assert client_app.get("/readyz").status_code == 503
+        with pytest.raises(StoreUnavailable, match="held by another process"):
+            service.db.use_once("jti-2", 2e9)
+    assert client_app.post("/token", data=form, headers=auth).status_code == 200
+    assert client_app.get("/readyz").status_code == 200
+    assert service.audit.verify() == (1, [])
+
+
+def test_a_symlink_in_place_of_the_lock_file_is_not_followed(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    target = tmp_path / "elsewhere"
+    (tmp_path / "issuer.db.writer-lock").symlink_to(target)
+    with pytest.raises(StoreUnavailable, match="writer lock"), db.writing():
+        pass
+    assert not target.exists()
+    db.dispose()
+
+
+def test_a_replaced_lock_file_is_locked_anew(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    lock = tmp_path / "issuer.db.writer-lock"
+    with db.writing():
+        pass  # this process now keeps the lock file open
+    lock.unlink()
+    # Another process creates and holds the new file: this one must see it
+    # as held, not lock the removed file it still has open.
+    with (
+        _held_by_another_process(lock),
+        pytest.raises(StoreUnavailable, match="held by another process"),
+        db.writing(wait=0.2),
+    ):
+        pass
+    with db.writing():
+        assert _try_from_child(lock) == "busy"
+    db.dispose()

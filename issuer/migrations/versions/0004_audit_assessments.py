@@ -24,4 +24,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Records written since hold only the digest of their assessment, and
+    # the chain covers that digest: dropping the table would lose the
+    # assessments and inlining them would break the chain. Refuse instead.
+    referenced = op.get_bind().execute(
+        sa.text("SELECT 1 FROM audit_records WHERE ratings LIKE 'sha-256:%' LIMIT 1")
+    )
+    if referenced.first() is not None:
+        raise RuntimeError(
+            "audit records reference stored assessments: export them "
+            "(wimse-issuer audit export) and prune them before downgrading"
+        )
     op.drop_table("audit_assessments")

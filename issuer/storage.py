@@ -286,7 +286,7 @@ WRITER_LOCK_WAIT_SECONDS = 5.0
 # Pauses between tries while another process holds the writer lock: short,
 # because a writer holds it for about 0.1 ms.
 _LOCK_FIRST_PAUSE = 0.0001
-_LOCK_LONGEST_PAUSE = 0.001
+_LOCK_LONGEST_PAUSE = 0.0003
 
 
 class _WriterLock:
@@ -298,7 +298,7 @@ class _WriterLock:
     the lock was free again after about 0.1 ms (bench/README.md). Writers on
     the token path take this lock first instead: a thread lock inside the
     process, then ``flock`` on ``<database>.writer-lock`` between processes,
-    tried again every 0.1 to 1 ms while another process holds it. Both
+    tried again every 0.1 to 0.3 ms while another process holds it. Both
     waits are bounded (``WRITER_LOCK_WAIT_SECONDS``): a holder that hangs
     makes writes fail as unavailable rather than stall every thread. The
     kernel releases the lock of a process that dies.

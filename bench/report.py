@@ -1,4 +1,4 @@
-"""The results table, the targets of PRODUCT.md section 6, and JSON output."""
+"""The results table, the targets of the product brief (section 6), and JSON output."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def _verdict(ok: bool | None) -> str:
 
 
 def _print_targets(by_key: dict[str, Row], connections: int) -> None:
-    print("\ntargets (PRODUCT.md section 6; client_credentials, secret_basic):")
+    print("\ntargets (product brief section 6; client_credentials, secret_basic):")
     print(f"  {'':34}    aim  tokens/s         by CPU per token")
     for name, ours_key, peer_key, aim in AIMS:
         ours, peer = by_key.get(ours_key), by_key.get(peer_key)

@@ -287,6 +287,8 @@ WRITER_LOCK_WAIT_SECONDS = 5.0
 # because a writer holds it for about 0.1 ms.
 _LOCK_FIRST_PAUSE = 0.0001
 _LOCK_LONGEST_PAUSE = 0.0003
+# How often a process checks that its open lock file is still the one on disk.
+_FILE_CHECK_SECONDS = 1.0
 
 
 class _WriterLock:
@@ -308,6 +310,7 @@ class _WriterLock:
         self._path = path + ".writer-lock"
         self._threads = threading.Lock()
         self._fd: int | None = None
+        self._checked_at = -_FILE_CHECK_SECONDS  # when the file was last checked
 
     @contextmanager
     def hold(self, wait: float | None = None) -> Iterator[None]:
@@ -341,7 +344,14 @@ class _WriterLock:
                 continue
             except OSError as exc:
                 raise StoreUnavailable(f"writer lock: {exc.strerror}") from exc
+            # Checked now and then, not on every write: two stat calls cost
+            # about 3 % of a token, and until the check notices a replaced
+            # file SQLite's own locking still keeps writes correct.
+            now = time.monotonic()
+            if now - self._checked_at < _FILE_CHECK_SECONDS:
+                return fd
             if self._still_the_file(fd):
+                self._checked_at = now
                 return fd
             # The file was removed or replaced while this process kept it
             # open: other processes lock the new one, so lock that too.
@@ -366,6 +376,7 @@ class _WriterLock:
         return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
     def _reopen(self) -> None:
+        self._checked_at = -_FILE_CHECK_SECONDS
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

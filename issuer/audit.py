@@ -342,13 +342,19 @@ class AuditLog:
         checkpoints' signatures are checked too.
         """
         problems: list[ChainProblem] = []
-        starts = self.checkpoints()
+        starts: dict[str, tuple[int, str]] = {}
+        for chain, cp in self.checkpoints().items():
+            if not isinstance(cp.seq, int) or not isinstance(cp.digest, str):
+                # Not as any writer stores it: the chain is checked from its
+                # start, so the pruned records show as missing too.
+                problems.append(ChainProblem(chain, 0, "checkpoint malformed"))
+                continue
+            if keyring is not None and not _checkpoint_valid(cp, keyring):
+                problems.append(ChainProblem(chain, cp.seq, "checkpoint signature"))
+            starts[chain] = (cp.seq, cp.digest)
         lookup = _Assessments(self._db, preload=True)
         # Per assessment digest: what is wrong with its stored JSON, or None.
         assessment_problem: dict[str, str | None] = {}
-        for chain, cp in starts.items():
-            if keyring is not None and not _checkpoint_valid(cp, keyring):
-                problems.append(ChainProblem(chain, cp.seq, "checkpoint signature"))
         count = 0
         current = ""
         seq, prev = 0, GENESIS
@@ -356,24 +362,27 @@ class AuditLog:
             count += 1
             if rec["chain"] != current:
                 current = rec["chain"]
-                start = starts.get(current)
-                seq, prev = (start.seq, start.digest) if start else (0, GENESIS)
-            if rec["seq"] != seq + 1:
+                seq, prev = starts.get(current, (0, GENESIS))
+            # A position that is not a number is reported where it stands.
+            position = rec["seq"] if isinstance(rec["seq"], int) else seq + 1
+            if position != rec["seq"]:
+                problems.append(ChainProblem(current, position, "record malformed"))
+            elif position != seq + 1:
                 problems.append(ChainProblem(current, seq + 1, "missing record"))
             elif rec["prev_digest"] != prev:
-                problems.append(ChainProblem(current, rec["seq"], "broken link"))
+                problems.append(ChainProblem(current, position, "broken link"))
             if _digest_or_none(rec) != rec["digest"]:
-                problems.append(ChainProblem(current, rec["seq"], "record altered"))
+                problems.append(ChainProblem(current, position, "record altered"))
             ref = rec["ratings"]
             if not _well_formed_ratings(ref):
-                problems.append(ChainProblem(current, rec["seq"], "record malformed"))
+                problems.append(ChainProblem(current, position, "record malformed"))
             elif ref.startswith(ASSESSMENT_DIGEST_PREFIX):
                 if ref not in assessment_problem:
                     assessment_problem[ref] = _assessment_problem(ref, lookup(ref))
                 problem = assessment_problem[ref]
                 if problem is not None:
-                    problems.append(ChainProblem(current, rec["seq"], problem))
-            seq, prev = rec["seq"], rec["digest"]
+                    problems.append(ChainProblem(current, position, problem))
+            seq, prev = position, rec["digest"]
         return count, problems
 
     def prune(self, before: float, keyring: KeyRing) -> int:

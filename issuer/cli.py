@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,19 @@ def _registry(settings: Settings) -> ClientRegistry:
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=_as_text))
+
+
+def _json_line(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, default=_as_text)
+
+
+def _as_text(value: Any) -> str:
+    """JSON for a value no writer stores but an edited database may hold
+    (bytes in a text column): its text, undecodable bytes replaced."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 @click.group()
@@ -694,7 +707,7 @@ def audit_show(ctx: click.Context, jti: str) -> None:
 def audit_list(ctx: click.Context, client_id: str | None, limit: int) -> None:
     """List the newest records as JSON lines."""
     for record in _audit_log(_settings(ctx)).recent(client_id, limit):
-        click.echo(json.dumps(record, sort_keys=True))
+        click.echo(_json_line(record))
 
 
 @audit.command("verify")
@@ -722,7 +735,7 @@ def audit_export(ctx: click.Context, output: str) -> None:
     """Write every record as JSON lines, by chain and position."""
     with click.open_file(output, "w") as fh:
         for record in _audit_log(_settings(ctx)).export():
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
+            fh.write(_json_line(record) + "\n")
 
 
 @audit.command("prune")

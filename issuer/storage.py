@@ -118,7 +118,8 @@ def stored_json(value: Any) -> Any:
         value = value.decode("utf-8", "replace")
     try:
         return json.loads(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser's stack.
         return str(value)
 
 

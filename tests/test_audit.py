@@ -470,3 +470,54 @@ def _downgrade(db: Any, revision: str) -> None:
     with db.engine.begin() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, revision)
+
+
+def test_deeply_nested_or_mistyped_values_are_reported_not_crashed_on(
+    service: Any, issued: list[str], home: Any, quiet_gc: None
+) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    with service.db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_assessments SET body = :d"), {"d": deep})
+        conn.execute(
+            text("UPDATE audit_records SET reasons = :d, jti = x'fffe' WHERE seq = 2"),
+            {"d": deep},
+        )
+        conn.execute(text("UPDATE audit_records SET seq = 'three' WHERE seq = 3"))
+    _, problems = service.audit.verify()
+    found = {(p.seq, p.problem) for p in problems}
+    assert {(1, "assessment altered"), (2, "record altered")} <= found
+    # The record with a text position sorts last: its place shows as missing
+    # and the record itself as malformed where it stands.
+    assert (3, "missing record") in found
+    assert (7, "record malformed") in found
+    runner = CliRunner()
+    for command in (
+        ["audit", "list"],
+        ["audit", "export"],
+        ["audit", "show", issued[0]],
+    ):
+        result = runner.invoke(main, ["--home", str(home), *command])
+        assert result.exit_code == 0, result.output
+    exported = runner.invoke(main, ["--home", str(home), "audit", "export"]).output
+    second = [json.loads(line) for line in exported.splitlines()][1]
+    assert second["reasons"] == deep and second["jti"] == "\ufffd\ufffd"
+    result = runner.invoke(main, ["--home", str(home), "audit", "verify"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_a_malformed_checkpoint_is_named_and_the_chain_checked_from_its_start(
+    service: Any, issued: list[str]
+) -> None:
+    with service.db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO audit_checkpoints (created_at, chain, seq, digest, "
+                "signature) SELECT 0, chain, 'one', x'ff', x'ff' FROM audit_records "
+                "LIMIT 1"
+            )
+        )
+    count, problems = service.audit.verify(service.keyring)
+    assert (count, [(p.seq, p.problem) for p in problems]) == (
+        6,
+        [(0, "checkpoint malformed")],
+    )

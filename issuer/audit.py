@@ -291,11 +291,11 @@ class AuditLog:
 
     def by_jti(self, jti: str) -> dict[str, Any] | None:
         """The record of the token ``jti``, or ``None``."""
-        query = select(AuditRecord).where(AuditRecord.jti == jti)
         try:
             jti.encode("utf-8")
         except UnicodeEncodeError:
             return None  # no stored jti has a lone surrogate
+        query = select(AuditRecord).where(AuditRecord.jti == jti)
         with self._db.session() as s:
             rec = s.scalars(query).first()
         return rec.as_dict(_Assessments(self._db)) if rec is not None else None

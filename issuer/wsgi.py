@@ -6,7 +6,6 @@ server here; any WSGI server can do the same.
 
 from __future__ import annotations
 
-import atexit
 import multiprocessing.util
 
 from .config import load_settings
@@ -18,8 +17,8 @@ configure_logging()
 service = IssuerService(load_settings())
 app = create_app(service)
 # A worker that stops cleanly closes its connections, so the last SQLite
-# connection folds the WAL into the database file and removes it. granian
-# runs workers as multiprocessing children, which end without running
-# atexit hooks but run multiprocessing's own exit finalizers.
-atexit.register(service.close)
+# connection folds the WAL into the database file and removes it.
+# multiprocessing's exit finalizers run both in granian's workers (its
+# children, which skip atexit hooks) and, through atexit, in any other
+# process that exits normally.
 multiprocessing.util.Finalize(None, service.close, exitpriority=10)

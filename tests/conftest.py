@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,21 +155,29 @@ class LiveIssuer:
             time.sleep(0.05)
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything a server sends on ``sock`` until it closes the connection."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
 def start_issuer(
     home: Path,
     config: dict[str, Any] | None = None,
     workers: int = 1,
     name: str = "issuer",
     tls_ca: Path | None = None,
-    serve_args: Sequence[str] = (),
+    tls_files: tuple[Path, Path] | None = None,
 ) -> LiveIssuer:
     """Start ``wimse-issuer serve`` and wait until ``/healthz`` answers.
 
     ``name`` keeps the config and log files of several servers sharing one
     home apart. With ``tls_ca`` the issuer terminates TLS (``tls_cert_file``
-    in ``config``, or ``--tls-cert`` in ``serve_args``, extra options of
-    ``serve``) and is reached over https, its certificate checked against
-    ``tls_ca``.
+    in ``config``, or ``tls_files``: its certificate and key files, passed
+    to ``serve``) and is reached over https, its certificate checked
+    against ``tls_ca``.
     """
     port = free_port()
     config_path = None
@@ -181,7 +189,9 @@ def start_issuer(
     cmd = [sys.executable, "-m", "issuer", "--home", str(home)]
     if config_path is not None:
         cmd += ["--config", str(config_path)]
-    cmd += ["serve", "--port", str(port), "--workers", str(workers), *serve_args]
+    cmd += ["serve", "--port", str(port), "--workers", str(workers)]
+    if tls_files is not None:
+        cmd += ["--tls-cert", str(tls_files[0]), "--tls-key", str(tls_files[1])]
     log_path = home / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed when the process ends
     proc = subprocess.Popen(

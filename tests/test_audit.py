@@ -406,14 +406,7 @@ def test_a_resealed_record_with_malformed_ratings_is_named_and_still_reads(
     _, problems = service.audit.verify()
     assert [(p.seq, p.problem) for p in problems] == [(2, "record malformed")]
     assert service.audit.by_jti(issued[1])["ratings"] == shown
-    runner = CliRunner()
-    for command in (
-        ["audit", "list"],
-        ["audit", "export"],
-        ["audit", "show", issued[1]],
-    ):
-        result = runner.invoke(main, ["--home", str(home), *command])
-        assert result.exit_code == 0, result.output
+    _readers_work(home, issued[1])
 
 
 def test_values_no_writer_stores_are_reported_not_crashed_on(
@@ -426,15 +419,8 @@ def test_values_no_writer_stores_are_reported_not_crashed_on(
     assert (3, "record altered") in [(p.seq, p.problem) for p in problems]
     assert (3, "record malformed") in [(p.seq, p.problem) for p in problems]
     assert (1, "assessment altered") in [(p.seq, p.problem) for p in problems]
-    runner = CliRunner()
-    for command in (
-        ["audit", "list"],
-        ["audit", "export"],
-        ["audit", "show", issued[2]],
-    ):
-        result = runner.invoke(main, ["--home", str(home), *command])
-        assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["--home", str(home), "audit", "verify"])
+    _readers_work(home, issued[2])
+    result = CliRunner().invoke(main, ["--home", str(home), "audit", "verify"])
     assert result.exit_code == 1 and "Traceback" not in result.output
 
 
@@ -490,18 +476,11 @@ def test_deeply_nested_or_mistyped_values_are_reported_not_crashed_on(
     # and the record itself as malformed where it stands.
     assert (3, "missing record") in found
     assert (7, "record malformed") in found
-    runner = CliRunner()
-    for command in (
-        ["audit", "list"],
-        ["audit", "export"],
-        ["audit", "show", issued[0]],
-    ):
-        result = runner.invoke(main, ["--home", str(home), *command])
-        assert result.exit_code == 0, result.output
-    exported = runner.invoke(main, ["--home", str(home), "audit", "export"]).output
+    _readers_work(home, issued[0])
+    exported = CliRunner().invoke(main, ["--home", str(home), "audit", "export"]).output
     second = [json.loads(line) for line in exported.splitlines()][1]
     assert second["reasons"] == deep and second["jti"] == "\ufffd\ufffd"
-    result = runner.invoke(main, ["--home", str(home), "audit", "verify"])
+    result = CliRunner().invoke(main, ["--home", str(home), "audit", "verify"])
     assert result.exit_code == 1 and "Traceback" not in result.output
 
 
@@ -521,3 +500,11 @@ def test_a_malformed_checkpoint_is_named_and_the_chain_checked_from_its_start(
         6,
         [(0, "checkpoint malformed")],
     )
+
+
+def _readers_work(home: Any, jti: str) -> None:
+    """``audit list``, ``export`` and ``show`` read the database without error."""
+    runner = CliRunner()
+    for command in (["audit", "list"], ["audit", "export"], ["audit", "show", jti]):
+        result = runner.invoke(main, ["--home", str(home), *command])
+        assert result.exit_code == 0, result.output

@@ -20,7 +20,7 @@ from issuer.config import ConfigError, Settings
 from issuer.errors import InvalidRequest
 from issuer.web import create_app
 
-from .conftest import basic
+from .conftest import basic, read_until_closed
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -198,9 +198,7 @@ def test_negative_content_length_is_invalid_request_on_the_wire(
                 "Content-Type: application/x-www-form-urlencoded\r\n"
                 "Content-Length: -5\r\n\r\n".encode()
             )
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
+            answer = read_until_closed(sock)
         # granian refuses the header itself (400, its own body): never 413.
         assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
 

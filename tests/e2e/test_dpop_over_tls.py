@@ -91,12 +91,7 @@ def test_dpop_over_tls_raises_overall_maal_and_needs_the_proof(
         home,
         config,
         tls_ca=ca.cert_file,
-        serve_args=[
-            "--tls-cert",
-            str(server_pair.cert_file),
-            "--tls-key",
-            str(server_pair.key_file),
-        ],
+        tls_files=(server_pair.cert_file, server_pair.key_file),
     )
     try:
         assert live.url.startswith("https://127.0.0.1:")

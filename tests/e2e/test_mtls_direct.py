@@ -29,7 +29,7 @@ from jwt.algorithms import ECAlgorithm
 from issuer.mtls import certificate_thumbprint
 from verifier import TokenVerifier, VerifierError
 
-from ..conftest import LiveIssuer, start_issuer, stop_issuer
+from ..conftest import LiveIssuer, read_until_closed, start_issuer, stop_issuer
 from ..test_mtls import DAY, Issued, at, issue
 from .test_nginx_mtls import DN, Pair, maal_of, make_pair
 
@@ -332,12 +332,7 @@ def test_tls_without_client_cas_by_flags_and_graceful_stop(tmp_path: Path) -> No
     live = start_issuer(
         home,
         tls_ca=ca.cert_file,
-        serve_args=[
-            "--tls-cert",
-            str(server.cert_file),
-            "--tls-key",
-            str(server.key_file),
-        ],
+        tls_files=(server.cert_file, server.key_file),
     )
     try:
         meta = requests.get(
@@ -419,9 +414,7 @@ def test_malformed_chunked_body_is_invalid_request_not_500(direct: Direct) -> No
                 "Content-Type: application/x-www-form-urlencoded\r\n"
                 "Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".encode()
             )
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
+            answer = read_until_closed(sock)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 400"), (path, head)
         assert json.loads(body)["error"] == "invalid_request"

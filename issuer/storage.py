@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,6 +52,8 @@ __all__ = [
     "StoreUnavailable",
     "UsedJti",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class StoreUnavailable(RuntimeError):
@@ -258,11 +262,22 @@ class ChallengeNonce(Base):
 _NONCES: Table = ChallengeNonce.__table__  # type: ignore[assignment]
 
 
-#: Pages in the SQLite WAL that make the next commit checkpoint it.
+#: Pages in the SQLite WAL that make the next commit checkpoint it, in
+#: processes that run no checkpoint thread (the command line, tests).
 WAL_AUTOCHECKPOINT_PAGES = 250
+#: The same in a serving process, whose checkpoint thread normally keeps
+#: the WAL far below it: a backstop should that thread fall behind.
+WAL_BACKSTOP_PAGES = 32_000
+#: Pages in the WAL past which the checkpoint thread restarts it from the
+#: beginning, briefly holding the writer lock (about 32 MB of WAL file).
+WAL_RESTART_PAGES = 8_000
+#: Pause of the checkpoint thread between two checkpoints.
+CHECKPOINT_INTERVAL_SECONDS = 0.02
+#: Pause of the checkpoint thread after a failed checkpoint.
+CHECKPOINT_RETRY_SECONDS = 1.0
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, autocheckpoint: int) -> None:
     # WAL lets readers work while one worker writes; busy_timeout makes a
     # second writer wait instead of failing at once.
     cur = dbapi_conn.cursor()
@@ -271,13 +286,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     # A checkpoint syncs the WAL and the database file inside the commit
     # that triggers it, and the audit records queued behind that commit
-    # wait too. Smaller, more frequent checkpoints keep that wait short:
-    # with bench/run.py (one worker, 8 connections) p99 went from 12.7-13.9
-    # ms at SQLite's default of 1,000 pages to 6.7-7.6 ms at 250, with the
-    # same throughput; 4,000 and 16,000 pages gave 27-30 and 73-77 ms. A
-    # checkpoint thread of its own was tried too: its syncs still stalled
-    # the commits (p99 18-20 ms).
-    cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    # wait too. Serving processes therefore checkpoint on a thread of their
+    # own (``_Checkpointer``) and commits only as a backstop; elsewhere
+    # small, frequent checkpoints keep each wait short (with bench/run.py,
+    # p99 12.7-13.9 ms at SQLite's default of 1,000 pages, 6.7-7.6 at 250).
+    cur.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
     cur.close()
 
 
@@ -387,6 +400,77 @@ class _WriterLock:
             self._reopen()
 
 
+class _Checkpointer:
+    """Checkpoints an SQLite file's WAL on a thread of its own.
+
+    A checkpoint copies the WAL's pages into the database file and syncs
+    both files; inside a commit (SQLite's default) every audit record queued
+    behind that commit waits for the syncs. This thread instead runs a
+    PASSIVE checkpoint every ``CHECKPOINT_INTERVAL_SECONDS``, beside the
+    writers. A PASSIVE checkpoint never makes the WAL start again from its
+    beginning while writers keep appending, so once it holds more than
+    ``WAL_RESTART_PAGES`` the thread takes the writer lock (no writer of
+    ours is then between its insert and its commit) and runs a RESTART
+    checkpoint, which copies what is left and lets the next writer reuse the
+    file from the start. Commits are as durable as before: a record is in
+    the WAL when its commit returns; only the copying moves.
+    """
+
+    def __init__(self, path: str, writer: _WriterLock) -> None:
+        self._path = path
+        self._writer = writer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="sqlite-checkpoint", daemon=True
+        )
+        self.restarts = 0  # RESTART checkpoints done, for tests and metrics
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=WRITER_LOCK_WAIT_SECONDS + 1)
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stop.wait(CHECKPOINT_INTERVAL_SECONDS):
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(
+                            self._path, timeout=0.5, isolation_level=None
+                        )
+                    self._checkpoint(conn)
+                except (sqlite3.Error, StoreUnavailable) as exc:
+                    # Commits still checkpoint past WAL_BACKSTOP_PAGES, so a
+                    # failing thread costs speed, never records.
+                    log.warning(
+                        "WAL checkpoint failed", extra={"fields": {"error": str(exc)}}
+                    )
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    self._stop.wait(CHECKPOINT_RETRY_SECONDS)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if row is None or row[1] < WAL_RESTART_PAGES:
+            return
+        # RESTART waits (busy timeout 0.5 s) for readers still on the old
+        # WAL; writers wait on the lock meanwhile, within their own bound.
+        with self._writer.hold(wait=1.0):
+            busy, _frames, _done = conn.execute(
+                "PRAGMA wal_checkpoint(RESTART)"
+            ).fetchone()
+        if not busy:
+            self.restarts += 1
+
+
 class Database:
     """Engine and session factory; ``session()`` maps driver errors to
     ``StoreUnavailable`` and commits on success."""
@@ -397,17 +481,37 @@ class Database:
         if url.startswith("sqlite"):
             kwargs = {"connect_args": {"check_same_thread": False, "timeout": 5}}
         self.engine: Engine = create_engine(url, **kwargs)
-        # Only an SQLite file needs it: PostgreSQL queues writers itself.
+        # Only an SQLite file needs them: PostgreSQL queues writers itself.
         self._writer: _WriterLock | None = None
+        self._file: str | None = None
+        self._checkpointer: _Checkpointer | None = None
+        self._autocheckpoint = WAL_AUTOCHECKPOINT_PAGES
         if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(
+                self.engine,
+                "connect",
+                lambda conn, _rec: _sqlite_pragmas(conn, self._autocheckpoint),
+            )
             path = self.engine.url.database
             if path and path != ":memory:" and not path.startswith("file:"):
                 # The embedded default lives in the home folder: a fresh
                 # --home is created rather than reported as unreachable.
                 Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self._writer = _WriterLock(str(Path(path).resolve()))
+                self._file = str(Path(path).resolve())
+                self._writer = _WriterLock(self._file)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
+
+    def start_checkpoints(self) -> None:
+        """Checkpoint the WAL on a thread rather than inside commits (SQLite
+        files only; see ``_Checkpointer``). For serving processes: ``dispose``
+        stops the thread."""
+        if self._file is None or self._writer is None or self._checkpointer:
+            return
+        self._autocheckpoint = WAL_BACKSTOP_PAGES
+        # Pooled connections were set up with the small threshold.
+        self.engine.dispose()
+        self._checkpointer = _Checkpointer(self._file, self._writer)
+        self._checkpointer.start()
 
     def writing(
         self, wait: float | None = None
@@ -420,7 +524,11 @@ class Database:
         return self._writer.hold(wait)
 
     def dispose(self) -> None:
-        """Close pooled connections and the writer lock's file."""
+        """Stop the checkpoint thread; close pooled connections and the
+        writer lock's file."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self.engine.dispose()
         if self._writer is not None:
             self._writer.close()

@@ -15,6 +15,8 @@ from .web import create_app
 
 configure_logging()
 service = IssuerService(load_settings())
+# Serving: SQLite's WAL is checkpointed beside the commits, not inside them.
+service.db.start_checkpoints()
 app = create_app(service)
 # A worker that stops cleanly closes its connections, so the last SQLite
 # connection folds the WAL into the database file and removes it.

@@ -1,0 +1,180 @@
+"""The SQLite checkpoint thread: the WAL is copied beside the commits, and
+restarted from its beginning once it grows past WAL_RESTART_PAGES."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from issuer import storage
+from issuer.audit import AuditEntry, AuditLog
+from issuer.storage import Database
+
+
+@pytest.fixture
+def fast_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "WAL_RESTART_PAGES", 40)
+    monkeypatch.setattr(storage, "CHECKPOINT_INTERVAL_SECONDS", 0.005)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Database, Path]]:
+    path = tmp_path / "issuer.db"
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    db.start_checkpoints()
+    try:
+        yield db, path
+    finally:
+        db.dispose()
+
+
+def _wal_frames(path: Path) -> int:
+    """Frames in the WAL, read without checkpointing anything."""
+    wal = path.with_name(path.name + "-wal")
+    # 32-byte WAL header, then frames of a 24-byte header and one page.
+    return max(0, (wal.stat().st_size - 32) // (24 + 4096)) if wal.exists() else 0
+
+
+def _write(log: AuditLog, n: int, client: str = "c") -> None:
+    for _ in range(n):
+        log.write(AuditEntry(client, "client_credentials", "v"), decision="issued")
+
+
+def _wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return check()
+
+
+def _audit_connection_autocheckpoint(log: AuditLog) -> int:
+    raw = log._raw  # the writer's own DBAPI connection
+    cur = raw.cursor()
+    try:
+        cur.execute("PRAGMA wal_autocheckpoint")
+        return int(cur.fetchone()[0])
+    finally:
+        cur.close()
+
+
+@pytest.mark.usefixtures("fast_checkpoints")
+def test_restart_keeps_the_wal_small_and_every_record(
+    served: tuple[Database, Path],
+) -> None:
+    db, path = served
+    log = AuditLog(db)
+    _write(log, 1)
+    # Commits no longer checkpoint on the way (only past the backstop).
+    assert _audit_connection_autocheckpoint(log) == storage.WAL_BACKSTOP_PAGES
+    _write(log, 400)
+    checkpointer = db._checkpointer
+    assert checkpointer is not None
+    assert _wait_for(lambda: checkpointer.restarts >= 1)
+    # Restarted: the file is reused from its start, so it stays near the
+    # restart size instead of holding all ~2,000 frames written.
+    assert _wal_frames(path) < 400
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_records").fetchone()[0] == 401
+    assert log.verify() == (401, [])
+    log.close()
+
+
+@pytest.mark.usefixtures("fast_checkpoints")
+def test_concurrent_writers_lose_nothing_while_checkpointing(
+    served: tuple[Database, Path],
+) -> None:
+    db, path = served
+    logs = [AuditLog(db) for _ in range(4)]
+    threads = [
+        threading.Thread(target=_write, args=(log, 150, f"c{i}"))
+        for i, log in enumerate(logs)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    checkpointer = db._checkpointer
+    assert checkpointer is not None
+    assert _wait_for(lambda: checkpointer.restarts >= 1)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute(
+            "SELECT client_id, count(*) FROM audit_records GROUP BY client_id"
+        ).fetchall()
+    assert sorted(rows) == [("c0", 150), ("c1", 150), ("c2", 150), ("c3", 150)]
+    assert logs[0].verify() == (600, [])
+    for log in logs:
+        log.close()
+
+
+def test_without_the_thread_commits_checkpoint_themselves(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'issuer.db'}")
+    db.migrate()
+    log = AuditLog(db)
+    _write(log, 1)
+    assert _audit_connection_autocheckpoint(log) == storage.WAL_AUTOCHECKPOINT_PAGES
+    assert db._checkpointer is None
+    log.close()
+    db.dispose()
+
+
+def test_dispose_stops_the_thread(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'issuer.db'}")
+    db.migrate()
+    db.start_checkpoints()
+    checkpointer = db._checkpointer
+    assert checkpointer is not None
+    db.start_checkpoints()  # a second call starts no second thread
+    assert db._checkpointer is checkpointer
+    thread = checkpointer._thread
+    assert thread.is_alive()
+    db.dispose()
+    assert not thread.is_alive()
+    assert db._checkpointer is None
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_no_thread_without_a_file(url: str) -> None:
+    db = Database(url)
+    db.start_checkpoints()
+    assert db._checkpointer is None
+    db.dispose()
+
+
+@pytest.mark.usefixtures("fast_checkpoints")
+def test_a_failing_checkpoint_is_logged_and_retried(
+    served: tuple[Database, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db, _path = served
+    checkpointer = db._checkpointer
+    assert checkpointer is not None
+    real = checkpointer._checkpoint
+    failures = []
+
+    def flaky(conn: sqlite3.Connection) -> None:
+        if not failures:
+            failures.append(1)
+            raise sqlite3.OperationalError("disk I/O error")
+        real(conn)
+
+    monkeypatch.setattr(checkpointer, "_checkpoint", flaky)
+    # The thread waits a second after a failure, then goes on.
+    monkeypatch.setattr(storage, "CHECKPOINT_RETRY_SECONDS", 0.01)
+    with caplog.at_level(logging.WARNING, logger="issuer.storage"):
+        assert _wait_for(lambda: bool(failures))
+        log = AuditLog(db)
+        _write(log, 300)
+        assert _wait_for(lambda: checkpointer.restarts >= 1)
+    assert any(r.getMessage() == "WAL checkpoint failed" for r in caplog.records)
+    log.close()

@@ -275,6 +275,13 @@ WAL_RESTART_PAGES = 8_000
 CHECKPOINT_INTERVAL_SECONDS = 0.02
 #: Pause of the checkpoint thread after a failed checkpoint.
 CHECKPOINT_RETRY_SECONDS = 1.0
+#: How long a RESTART checkpoint waits for readers still on the old WAL,
+#: while writers wait for it: short, since readers normally take well under
+#: a millisecond, and a long one (``audit export``) must not stall issuance.
+RESTART_READER_WAIT_SECONDS = 0.02
+#: Longest pause between RESTART attempts while readers keep it busy; the
+#: pause doubles from 0.1 s after each busy attempt.
+RESTART_LONGEST_PAUSE_SECONDS = 2.0
 
 
 def _sqlite_pragmas(dbapi_conn: Any, autocheckpoint: int) -> None:
@@ -412,8 +419,12 @@ class _Checkpointer:
     ``WAL_RESTART_PAGES`` the thread takes the writer lock (no writer of
     ours is then between its insert and its commit) and runs a RESTART
     checkpoint, which copies what is left and lets the next writer reuse the
-    file from the start. Commits are as durable as before: a record is in
-    the WAL when its commit returns; only the copying moves.
+    file from the start. A reader still on the old WAL (a long ``audit
+    export``) keeps RESTART from finishing: it then gives up after
+    ``RESTART_READER_WAIT_SECONDS`` and tries again after a pause that
+    doubles up to ``RESTART_LONGEST_PAUSE_SECONDS``, so such a reader cannot
+    keep the writers waiting. Commits are as durable as before: a record is
+    in the WAL when its commit returns; only the copying moves.
     """
 
     def __init__(self, path: str, writer: _WriterLock) -> None:
@@ -423,7 +434,11 @@ class _Checkpointer:
         self._thread = threading.Thread(
             target=self._run, name="sqlite-checkpoint", daemon=True
         )
-        self.restarts = 0  # RESTART checkpoints done, for tests and metrics
+        # RESTART checkpoints done, and those readers kept from finishing.
+        self.restarts = 0
+        self.busy_restarts = 0
+        self._pause = 0.0  # before the next RESTART attempt, after busy ones
+        self._restart_after = 0.0  # time.monotonic() of the next attempt
 
     def start(self) -> None:
         self._thread.start()
@@ -440,7 +455,9 @@ class _Checkpointer:
                 try:
                     if conn is None:
                         conn = sqlite3.connect(
-                            self._path, timeout=0.5, isolation_level=None
+                            self._path,
+                            timeout=RESTART_READER_WAIT_SECONDS,
+                            isolation_level=None,
                         )
                     self._checkpoint(conn)
                 except (sqlite3.Error, StoreUnavailable) as exc:
@@ -458,17 +475,25 @@ class _Checkpointer:
                 conn.close()
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        # PASSIVE never waits: it copies what no reader still needs.
         row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if row is None or row[1] < WAL_RESTART_PAGES:
             return
-        # RESTART waits (busy timeout 0.5 s) for readers still on the old
-        # WAL; writers wait on the lock meanwhile, within their own bound.
+        now = time.monotonic()
+        if now < self._restart_after:
+            return
+        # RESTART waits up to RESTART_READER_WAIT_SECONDS for readers still
+        # on the old WAL; writers wait on the lock meanwhile.
         with self._writer.hold(wait=1.0):
-            busy, _frames, _done = conn.execute(
-                "PRAGMA wal_checkpoint(RESTART)"
-            ).fetchone()
-        if not busy:
+            busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+        if busy:
+            # A long reader (an export, say): try again later, less often.
+            self.busy_restarts += 1
+            self._pause = min(max(self._pause * 2, 0.1), RESTART_LONGEST_PAUSE_SECONDS)
+            self._restart_after = now + self._pause
+        else:
             self.restarts += 1
+            self._pause = 0.0
 
 
 class Database:

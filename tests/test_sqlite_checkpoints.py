@@ -83,8 +83,7 @@ def test_restart_keeps_the_wal_small_and_every_record(
     # Restarted: the file is reused from its start, so it stays near the
     # restart size instead of holding all ~2,000 frames written.
     assert _wal_frames(path) < 400
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT count(*) FROM audit_records").fetchone()[0] == 401
+    assert _records(path) == 401
     assert log.verify() == (401, [])
     log.close()
 
@@ -178,3 +177,46 @@ def test_a_failing_checkpoint_is_logged_and_retried(
         assert _wait_for(lambda: checkpointer.restarts >= 1)
     assert any(r.getMessage() == "WAL checkpoint failed" for r in caplog.records)
     log.close()
+
+
+@pytest.mark.usefixtures("fast_checkpoints")
+def test_a_long_reader_neither_stalls_writers_nor_stops_restarts(
+    served: tuple[Database, Path],
+) -> None:
+    """A read transaction on an old snapshot (a long export) keeps RESTART
+    busy: the thread backs off instead of holding the writers each time,
+    and restarts again once the reader is gone."""
+    db, path = served
+    log = AuditLog(db)
+    _write(log, 50)
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM audit_records").fetchone()
+        checkpointer = db._checkpointer
+        assert checkpointer is not None
+        restarts = checkpointer.restarts
+        slowest = 0.0
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            _write(log, 1)
+            slowest = max(slowest, time.monotonic() - started)
+        busy = checkpointer.busy_restarts
+        # Back-off: at most a handful of attempts in 1.5 s (0.1, 0.2, 0.4,
+        # 0.8 s pauses), not one every 5 ms, and no writer waited long.
+        assert 1 <= busy <= 6
+        assert checkpointer.restarts == restarts
+        assert slowest < 0.5
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    _write(log, 100)
+    assert _wait_for(lambda: checkpointer.restarts > restarts)
+    assert log.verify() == (_records(path), [])
+    log.close()
+
+
+def _records(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT count(*) FROM audit_records").fetchone()[0])

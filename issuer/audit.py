@@ -43,6 +43,7 @@ from .storage import (
     AuditRecord,
     Database,
     StoreUnavailable,
+    positional_mark,
     stored_json,
 )
 
@@ -67,9 +68,7 @@ _KNOWN_ASSESSMENTS = 10_000
 def _insert_sql(paramstyle: str) -> tuple[str, str]:
     """The record insert and the assessment insert, for the driver's
     positional placeholders (sqlite3: qmark; psycopg: format/pyformat)."""
-    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(paramstyle)
-    if mark is None:
-        raise ValueError(f"unsupported database driver paramstyle {paramstyle}")
+    mark = positional_mark(paramstyle)
     columns = ", ".join(_COLUMNS)
     marks = ", ".join([mark] * len(_COLUMNS))
     # Built only from the constant names above, never from input. SQLite

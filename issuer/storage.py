@@ -407,6 +407,16 @@ class _WriterLock:
             self._reopen()
 
 
+def positional_mark(paramstyle: str) -> str:
+    """The positional placeholder of a DBAPI driver (PEP 249 ``paramstyle``):
+    sqlite3 takes ``?``, psycopg ``%s``. For the few fixed statements the
+    hot path runs on a DBAPI connection directly."""
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(paramstyle)
+    if mark is None:
+        raise ValueError(f"unsupported database driver paramstyle {paramstyle}")
+    return mark
+
+
 class _Checkpointer:
     """Checkpoints an SQLite file's WAL on a thread of its own.
 
@@ -525,6 +535,17 @@ class Database:
                 self._file = str(Path(path).resolve())
                 self._writer = _WriterLock(self._file)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        self._dbapi_error: type[Exception] = self.engine.dialect.dbapi.Error  # type: ignore[union-attr]
+        mark = positional_mark(self.engine.dialect.paramstyle)
+        # Built from constants only. One statement takes a new key or one
+        # whose time is up, atomically (SQLite 3.24+, PostgreSQL 9.5+): the
+        # row count is 1 when it did, 0 when the key is still in use.
+        self._use_once_sql = (
+            f"INSERT INTO used_jtis (key, expires_at) VALUES ({mark}, {mark}) "  # noqa: S608
+            "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+            f"WHERE used_jtis.expires_at < {mark}"
+        )
+        self._sweep_sql = f"DELETE FROM used_jtis WHERE expires_at < {mark}"  # noqa: S608
 
     def start_checkpoints(self) -> None:
         """Checkpoint the WAL on a thread rather than inside commits (SQLite
@@ -630,23 +651,45 @@ class Database:
     def use_once(self, key: str, expires_at: float) -> bool:
         """Record ``key`` as used until ``expires_at``; False if already used.
 
-        Atomic across processes through the primary key. Expired rows are
-        pruned now and then, so the table stays small.
+        Atomic across processes and instances: one upsert on the primary key
+        takes a new key, or one whose time is up, and leaves a live one
+        alone. Runs on a DBAPI connection directly, since the ORM cost
+        several times the statement here. Expired rows are swept now and
+        then, so the table stays small.
         """
+        now = time.time()
+        with self.writing(), self._dbapi_transaction() as cursor:
+            cursor.execute(self._use_once_sql, (key, expires_at, now))
+            used = bool(cursor.rowcount == 1)
+            if used and hash(key) % 64 == 0:
+                cursor.execute(self._sweep_sql, (now,))
+        return used
+
+    @contextmanager
+    def _dbapi_transaction(self) -> Iterator[Any]:
+        """A DBAPI cursor on a pooled connection, committed when the block
+        ends; driver errors become ``StoreUnavailable`` after a rollback,
+        and a broken connection is dropped from the pool."""
         try:
-            with self.writing(), self.session() as s:
-                s.add(UsedJti(key=key, expires_at=expires_at))
-        except IntegrityError:
-            with self.writing(), self.session() as s:
-                row = s.get(UsedJti, key)
-                if row is None or row.expires_at >= time.time():
-                    return False
-                row.expires_at = expires_at
-            return True
-        if hash(key) % 64 == 0:
-            with self.writing(), self.session() as s:
-                s.execute(delete(UsedJti).where(UsedJti.expires_at < time.time()))
-        return True
+            raw = self.engine.raw_connection()
+        except (SQLAlchemyError, self._dbapi_error) as exc:
+            # A failed connect surfaces as the driver's own error here.
+            raise StoreUnavailable(type(exc).__name__) from exc
+        try:
+            cursor = raw.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+            raw.commit()
+        except self._dbapi_error as exc:
+            with contextlib.suppress(Exception):
+                raw.rollback()
+            with contextlib.suppress(Exception):
+                raw.invalidate()
+            raise StoreUnavailable(type(exc).__name__) from exc
+        finally:
+            raw.close()
 
     def issue_nonce(
         self, client_id: str, nonce: str, now: float, lifetime: int, cap: int

@@ -7,6 +7,7 @@ them afterwards; the shared servers are never stopped.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,12 @@ import pytest
 import redis
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
+from sqlalchemy import select
 
 from issuer.config import Settings
 from issuer.keys import jwk_thumbprint
 from issuer.service import IssuerService
+from issuer.storage import Database, StoreUnavailable, UsedJti
 
 from .conftest import basic
 
@@ -201,3 +204,71 @@ def test_two_issuer_processes_share_state(
     assert resp.status_code == 200
     assert not active(two)
     assert one.cli("audit", "verify").returncode == 0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def replay_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """The ``used_jtis`` store on either database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'replay.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    db = Database(url)
+    db.migrate()
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
+def test_database_key_is_used_once_until_it_expires(replay_db: Database) -> None:
+    key, stale = secrets.token_hex(8), secrets.token_hex(8)
+    now = time.time()
+    assert replay_db.use_once(key, now + 60)
+    assert not replay_db.use_once(key, now + 60)
+    assert not replay_db.use_once(key, now + 3600)
+    # A key whose time is up may be taken again, once.
+    assert replay_db.use_once(stale, now - 1)
+    assert replay_db.use_once(stale, now + 60)
+    assert not replay_db.use_once(stale, now + 60)
+
+
+def test_database_key_race_has_one_winner(replay_db: Database) -> None:
+    key = secrets.token_hex(8)
+    barrier = threading.Barrier(8)
+    results: list[bool] = []
+
+    def take() -> None:
+        barrier.wait()
+        results.append(replay_db.use_once(key, time.time() + 60))
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+
+
+def test_database_keys_past_their_time_are_swept(replay_db: Database) -> None:
+    now = time.time()
+    expired = [secrets.token_hex(8) for _ in range(20)]
+    for key in expired:
+        replay_db.use_once(key, now - 10)
+    # Every 64th key (by hash) sweeps: find one that does.
+    sweeper = next(
+        k for k in (secrets.token_hex(8) for _ in range(10_000)) if hash(k) % 64 == 0
+    )
+    assert replay_db.use_once(sweeper, now + 60)
+    with replay_db.session() as s:
+        kept = s.scalars(select(UsedJti.key).where(UsedJti.key.in_(expired))).all()
+    assert kept == []
+
+
+def test_database_replay_store_unreachable_is_unavailable() -> None:
+    db = Database("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    try:
+        with pytest.raises(StoreUnavailable):
+            db.use_once("k", time.time() + 60)
+    finally:
+        db.dispose()

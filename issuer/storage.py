@@ -271,6 +271,9 @@ WAL_BACKSTOP_PAGES = 32_000
 #: Pages in the WAL past which the checkpoint thread restarts it from the
 #: beginning, briefly holding the writer lock (about 32 MB of WAL file).
 WAL_RESTART_PAGES = 8_000
+#: Size the WAL file is cut back to when it starts again, after a long read
+#: made it grow (SQLite otherwise keeps the file at its largest size).
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 #: Pause of the checkpoint thread between two checkpoints.
 CHECKPOINT_INTERVAL_SECONDS = 0.02
 #: Pause of the checkpoint thread after a failed checkpoint.
@@ -298,6 +301,7 @@ def _sqlite_pragmas(dbapi_conn: Any, autocheckpoint: int) -> None:
     # small, frequent checkpoints keep each wait short (with bench/run.py,
     # p99 12.7-13.9 ms at SQLite's default of 1,000 pages, 6.7-7.6 at 250).
     cur.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
+    cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
     cur.close()
 
 

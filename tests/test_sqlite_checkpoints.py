@@ -220,3 +220,35 @@ def test_a_long_reader_neither_stalls_writers_nor_stops_restarts(
 def _records(path: Path) -> int:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         return int(conn.execute("SELECT count(*) FROM audit_records").fetchone()[0])
+
+
+@pytest.mark.usefixtures("fast_checkpoints")
+def test_wal_grown_by_a_long_reader_is_cut_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long read lets the WAL grow; once it starts again, the next write
+    cuts the file back to WAL_SIZE_LIMIT_BYTES instead of keeping it."""
+    monkeypatch.setattr(storage, "WAL_SIZE_LIMIT_BYTES", 512 * 1024)
+    path = tmp_path / "issuer.db"
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    db.start_checkpoints()
+    log = AuditLog(db)
+    _write(log, 5)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM audit_records").fetchone()
+    _write(log, 300)
+    wal = path.with_name(path.name + "-wal")
+    grown = wal.stat().st_size
+    assert grown > 1_000_000  # ~1,400 frames of 4 KB: more than the limit below
+    reader.execute("COMMIT")
+    reader.close()
+    checkpointer = db._checkpointer
+    assert checkpointer is not None
+    restarts = checkpointer.restarts
+    assert _wait_for(lambda: checkpointer.restarts > restarts)
+    _write(log, 1)
+    assert wal.stat().st_size <= 512 * 1024
+    log.close()
+    db.dispose()

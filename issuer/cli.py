@@ -568,9 +568,11 @@ def keys_rotate(ctx: click.Context, alg: str | None) -> None:
     settings = _settings(ctx)
     ring = _keyring(settings)
     kid = ring.rotate(alg)
-    start = time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + settings.jwks_max_age)
-    )
+    # The time the ring stored, which also counts the reload delay and the
+    # clock margin, not just one max-age from now.
+    stored = ring.keys()  # a list of SigningKey, not a dict view
+    not_before = next(k.not_before for k in stored if k.kid == kid)
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(not_before))
     click.echo(f"added {kid}; it starts signing at {start}")
 
 

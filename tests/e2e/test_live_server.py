@@ -242,6 +242,13 @@ def test_cli_manages_clients_keys_and_policy(live_issuer: Any, tmp_path: Path) -
     assert out.startswith("added ")
     keys = json.loads(live.cli("keys", "list", "--json").stdout)
     assert sorted(k["state"] for k in keys) == ["pending", "signing"]
+    # The start it prints is the one it stored.
+    pending = next(k for k in keys if k["state"] == "pending")
+    printed = out.strip().rsplit(" ", 1)[1]
+    assert printed == time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(pending["not_before"])
+    )
+    assert pending["kid"] in out
     time.sleep(1.2)  # the server re-reads the key state at most once a second
     jwks = requests.get(live.url + "/jwks.json", timeout=5).json()
     assert len(jwks["keys"]) == 2

@@ -102,6 +102,7 @@ def serve(
     tls_client_ca: str | None,
 ) -> None:
     """Run the issuer: on granian, or on cheroot when it terminates TLS."""
+    from . import metrics
     from .service import IssuerService
 
     settings = _settings(
@@ -118,6 +119,8 @@ def serve(
     # start, and so configuration errors stop the command with a message.
     try:
         IssuerService(settings).close()
+        # This process serves nothing: its policy gauge would go stale.
+        metrics.forget_process(os.getpid())
     except (ConfigError, PolicyError) as exc:
         raise click.ClickException(str(exc)) from None
     except StoreUnavailable as exc:

@@ -8,7 +8,9 @@ With several worker processes, ``wimse-issuer serve`` points
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,6 +29,7 @@ __all__ = [
     "POLICY_INFO",
     "REFUSED",
     "REQUEST_SECONDS",
+    "forget_process",
     "render",
 ]
 
@@ -62,10 +65,42 @@ POLICY_INFO = Gauge(
 )
 
 
-def render() -> bytes:
-    """The exposition text: this process's metrics, or every worker's in
-    multiprocess mode."""
+# A live-mode gauge file of one process, as prometheus_client names it.
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def forget_process(pid: int) -> None:
+    """Drop the live gauges (``wimse_policy_info``) of process ``pid`` in
+    multiprocess mode: one that died, or the serve command's own, which
+    serves no request and would keep showing the policy it started with."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def _forget_dead_processes(folder: str) -> None:
+    """A worker killed by a signal leaves its live gauge files behind, and
+    granian's replacement has another pid: drop the files of processes that
+    no longer run, so ``/metrics`` shows the workers that do."""
+    for name in os.listdir(folder):
+        match = _LIVE_GAUGE_FILE.fullmatch(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):  # another worker was first
+                os.remove(os.path.join(folder, name))
+        except OSError:
+            pass  # alive (another user's process); keep it
+
+
+def render() -> bytes:
+    """The exposition text: this process's metrics, or every running
+    worker's in multiprocess mode."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        _forget_dead_processes(folder)
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)

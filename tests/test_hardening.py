@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -236,3 +238,42 @@ def test_negative_content_length_reaching_the_app_is_invalid_request(
             # form, refused for want of client authentication.
             assert seen[0].startswith("401"), seen
             assert json.loads(body)["error"] == "invalid_client"
+
+
+def _policy_info_pids(url: str) -> set[int]:
+    text = requests.get(url + "/metrics", timeout=10).text
+    return {
+        int(row.split('pid="')[1].split('"')[0])
+        for row in text.splitlines()
+        if row.startswith("wimse_policy_info{")
+    }
+
+
+def _worker_pids(main_pid: int) -> set[int]:
+    children = Path(f"/proc/{main_pid}/task/{main_pid}/children").read_text()
+    return {int(pid) for pid in children.split()}
+
+
+def test_policy_gauge_shows_running_workers_only(live_issuer: Any) -> None:
+    """The serve command's own process and a worker killed by a signal
+    leave no ``wimse_policy_info`` series behind."""
+    live = live_issuer({"replay_store": "database"}, workers=2)
+    workers = _worker_pids(live.process.pid)
+    assert len(workers) == 2
+    # Each worker writes its gauge when it starts.
+    assert _policy_info_pids(live.url) == workers
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = _worker_pids(live.process.pid)
+        if len(now) == 2 and victim not in now:
+            break
+        time.sleep(0.2)
+    assert victim not in now and len(now) == 2
+    # Any worker may answer; none reports the dead one.
+    for _ in range(6):
+        pids = _policy_info_pids(live.url)
+        assert victim not in pids
+        assert live.process.pid not in pids
+        assert pids <= now

@@ -6,6 +6,7 @@ Every command takes ``--home`` (state folder, default ``.``) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -738,6 +739,11 @@ def audit_verify(ctx: click.Context) -> None:
 @click.pass_context
 def audit_export(ctx: click.Context, output: str) -> None:
     """Write every record as JSON lines, by chain and position."""
+    if output != "-":
+        # Records name clients and subjects: readable by the owner only, as
+        # the database is. An existing file keeps its own mode.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     with click.open_file(output, "w") as fh:
         for record in _audit_log(_settings(ctx)).export():
             fh.write(_json_line(record) + "\n")

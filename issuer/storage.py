@@ -278,13 +278,12 @@ WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 CHECKPOINT_INTERVAL_SECONDS = 0.02
 #: Pause of the checkpoint thread after a failed checkpoint.
 CHECKPOINT_RETRY_SECONDS = 1.0
-#: How long a RESTART checkpoint waits for readers still on the old WAL,
-#: while writers wait for it: short, since readers normally take well under
-#: a millisecond, and a long one (``audit export``) must not stall issuance.
+#: How long a RESTART checkpoint waits for readers that began after the
+#: last PASSIVE one, while writers wait for it: such reads take well under
+#: a millisecond.
 RESTART_READER_WAIT_SECONDS = 0.02
-#: Longest pause between RESTART attempts while readers keep it busy; the
-#: pause doubles from 0.1 s after each busy attempt.
-RESTART_LONGEST_PAUSE_SECONDS = 2.0
+#: Pause before the next RESTART attempt after one that readers kept busy.
+RESTART_BUSY_PAUSE_SECONDS = 0.05
 
 
 def _sqlite_pragmas(dbapi_conn: Any, autocheckpoint: int) -> None:
@@ -433,12 +432,12 @@ class _Checkpointer:
     ``WAL_RESTART_PAGES`` the thread takes the writer lock (no writer of
     ours is then between its insert and its commit) and runs a RESTART
     checkpoint, which copies what is left and lets the next writer reuse the
-    file from the start. A reader still on the old WAL (a long ``audit
-    export``) keeps RESTART from finishing: it then gives up after
-    ``RESTART_READER_WAIT_SECONDS`` and tries again after a pause that
-    doubles up to ``RESTART_LONGEST_PAUSE_SECONDS``, so such a reader cannot
-    keep the writers waiting. Commits are as durable as before: a record is
-    in the WAL when its commit returns; only the copying moves.
+    file from the start. It tries only right after a PASSIVE checkpoint
+    that copied everything, so no reader then needs old frames: a long read
+    (an ``audit export``) holds the WAL's restart back, but never the
+    writers, and the restart comes in the first gap between reads. Commits
+    are as durable as before: a record is in the WAL when its commit
+    returns; only the copying moves.
     """
 
     def __init__(self, path: str, writer: _WriterLock) -> None:
@@ -448,10 +447,11 @@ class _Checkpointer:
         self._thread = threading.Thread(
             target=self._run, name="sqlite-checkpoint", daemon=True
         )
-        # RESTART checkpoints done, and those readers kept from finishing.
+        # RESTART checkpoints done; those readers kept from finishing; and
+        # times one was due but a reader held old frames, so none was tried.
         self.restarts = 0
         self.busy_restarts = 0
-        self._pause = 0.0  # before the next RESTART attempt, after busy ones
+        self.held_back = 0
         self._restart_after = 0.0  # time.monotonic() of the next attempt
 
     def start(self) -> None:
@@ -493,21 +493,25 @@ class _Checkpointer:
         row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if row is None or row[1] < WAL_RESTART_PAGES:
             return
+        if row[2] < row[1]:
+            # A reader still needs old frames (an export, say): RESTART
+            # could only wait for it while holding the writers. Try again
+            # at the next round, when it may be gone.
+            self.held_back += 1
+            return
         now = time.monotonic()
         if now < self._restart_after:
             return
-        # RESTART waits up to RESTART_READER_WAIT_SECONDS for readers still
-        # on the old WAL; writers wait on the lock meanwhile.
+        # Everything was copied a moment ago: RESTART copies what came
+        # since and waits at most RESTART_READER_WAIT_SECONDS for readers
+        # that began meanwhile; writers wait on the lock for that long.
         with self._writer.hold(wait=1.0):
             busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
         if busy:
-            # A long reader (an export, say): try again later, less often.
             self.busy_restarts += 1
-            self._pause = min(max(self._pause * 2, 0.1), RESTART_LONGEST_PAUSE_SECONDS)
-            self._restart_after = now + self._pause
+            self._restart_after = now + RESTART_BUSY_PAUSE_SECONDS
         else:
             self.restarts += 1
-            self._pause = 0.0
 
 
 class Database:

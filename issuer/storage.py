@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import (
     Boolean,
@@ -35,7 +36,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -331,10 +332,13 @@ class _WriterLock:
     """
 
     def __init__(self, path: str) -> None:
+        self._database = path
         self._path = path + ".writer-lock"
         self._threads = threading.Lock()
         self._fd: int | None = None
-        self._checked_at = -_FILE_CHECK_SECONDS  # when the file was last checked
+        self._checked_at = -_FILE_CHECK_SECONDS  # when the files were last checked
+        # (device, inode) of the database file when first seen.
+        self._database_id: tuple[int, int] | None = None
 
     @contextmanager
     def hold(self, wait: float | None = None) -> Iterator[None]:
@@ -375,6 +379,13 @@ class _WriterLock:
             if now - self._checked_at < _FILE_CHECK_SECONDS:
                 return fd
             if self._still_the_file(fd):
+                if not self._same_database():
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    # Open connections would write on into a file no longer
+                    # on disk: tokens whose records vanish. Fail closed.
+                    raise StoreUnavailable(
+                        "database file removed or replaced; restart the issuer"
+                    )
                 self._checked_at = now
                 return fd
             # The file was removed or replaced while this process kept it
@@ -390,6 +401,17 @@ class _WriterLock:
             except OSError as exc:
                 raise StoreUnavailable(f"writer lock: {exc.strerror}") from exc
         return self._fd
+
+    def _same_database(self) -> bool:
+        """Whether the database file on disk is the one first seen."""
+        try:
+            st = os.stat(self._database)
+        except OSError:
+            return False
+        seen = (st.st_dev, st.st_ino)
+        if self._database_id is None:
+            self._database_id = seen
+        return seen == self._database_id
 
     def _still_the_file(self, fd: int) -> bool:
         try:
@@ -408,6 +430,12 @@ class _WriterLock:
     def close(self) -> None:
         with self._threads:
             self._reopen()
+
+
+def _file_uri(path: str, mode: str) -> str:
+    """An SQLite URI filename for ``path`` opened in ``mode`` (``rw``:
+    never create it; ``rwc``: create it if missing)."""
+    return f"file:{quote(path)}?mode={mode}"
 
 
 def positional_mark(paramstyle: str) -> str:
@@ -469,7 +497,8 @@ class _Checkpointer:
                 try:
                     if conn is None:
                         conn = sqlite3.connect(
-                            self._path,
+                            _file_uri(self._path, "rw"),
+                            uri=True,
                             timeout=RESTART_READER_WAIT_SECONDS,
                             isolation_level=None,
                         )
@@ -520,28 +549,30 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # Only an SQLite file needs these: PostgreSQL queues writers itself.
+        self._writer: _WriterLock | None = None
+        self._file: str | None = None
+        self._opened = False  # whether a connection to the file was made
+        self._checkpointer: _Checkpointer | None = None
+        self._autocheckpoint = WAL_AUTOCHECKPOINT_PAGES
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             kwargs = {"connect_args": {"check_same_thread": False, "timeout": 5}}
-        self.engine: Engine = create_engine(url, **kwargs)
-        # Only an SQLite file needs them: PostgreSQL queues writers itself.
-        self._writer: _WriterLock | None = None
-        self._file: str | None = None
-        self._checkpointer: _Checkpointer | None = None
-        self._autocheckpoint = WAL_AUTOCHECKPOINT_PAGES
-        if url.startswith("sqlite"):
-            event.listen(
-                self.engine,
-                "connect",
-                lambda conn, _rec: _sqlite_pragmas(conn, self._autocheckpoint),
-            )
-            path = self.engine.url.database
+            path = make_url(url).database
             if path and path != ":memory:" and not path.startswith("file:"):
                 # The embedded default lives in the home folder: a fresh
                 # --home is created rather than reported as unreachable.
                 Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._file = str(Path(path).resolve())
                 self._writer = _WriterLock(self._file)
+                kwargs = {"creator": self._open_file}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(
+                self.engine,
+                "connect",
+                lambda conn, _rec: _sqlite_pragmas(conn, self._autocheckpoint),
+            )
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         self._dbapi_error: type[Exception] = self.engine.dialect.dbapi.Error  # type: ignore[union-attr]
         mark = positional_mark(self.engine.dialect.paramstyle)
@@ -554,6 +585,19 @@ class Database:
             f"WHERE used_jtis.expires_at < {mark}"
         )
         self._sweep_sql = f"DELETE FROM used_jtis WHERE expires_at < {mark}"  # noqa: S608
+
+    def _open_file(self) -> sqlite3.Connection:
+        """A connection to the SQLite file. Only the first may create it: if
+        the file is removed while the issuer runs, new connections fail
+        (503) instead of starting an empty database beside the old one's
+        WAL and shared memory, which crashed workers with SIGBUS."""
+        assert self._file is not None
+        mode = "rw" if self._opened else "rwc"
+        conn = sqlite3.connect(
+            _file_uri(self._file, mode), uri=True, check_same_thread=False, timeout=5
+        )
+        self._opened = True
+        return conn
 
     def start_checkpoints(self) -> None:
         """Checkpoint the WAL on a thread rather than inside commits (SQLite

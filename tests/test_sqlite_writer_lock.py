@@ -240,3 +240,45 @@ def test_a_replaced_lock_file_is_locked_anew(
     with db.writing():
         assert _try_from_child(lock) == "busy"
     db.dispose()
+
+
+def test_a_removed_database_fails_closed_and_is_not_recreated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removing the SQLite file under a running issuer: writes fail as
+    unavailable (no token whose record would vanish with the unlinked
+    file), and no new connection creates an empty database in its place."""
+    monkeypatch.setattr(storage, "_FILE_CHECK_SECONDS", 0.0)
+    path = tmp_path / "issuer.db"
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    log = AuditLog(db)
+    log.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    path.unlink()
+    with pytest.raises(StoreUnavailable, match="removed or replaced"):
+        log.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    with pytest.raises(StoreUnavailable, match="removed or replaced"):
+        db.use_once("jti", 2e9)
+    db.engine.dispose()  # every new connection must now open the file
+    with pytest.raises(StoreUnavailable), db.session() as s:
+        s.get(storage.Revocation, "-")
+    assert not path.exists()
+    log.close()
+    db.dispose()
+
+
+def test_a_replaced_database_fails_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "_FILE_CHECK_SECONDS", 0.0)
+    path = tmp_path / "issuer.db"
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    db.use_once("a", 2e9)
+    other = Database(f"sqlite:///{tmp_path / 'other.db'}")
+    other.migrate()
+    other.dispose()
+    (tmp_path / "other.db").replace(path)
+    with pytest.raises(StoreUnavailable, match="removed or replaced"):
+        db.use_once("b", 2e9)
+    db.dispose()

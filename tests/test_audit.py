@@ -105,6 +105,15 @@ def test_cli_verify_export_and_show(service: Any, issued: list[str], home: Any) 
     result = runner.invoke(main, ["--home", str(home), "audit", "export"])
     lines = [json.loads(line) for line in result.output.splitlines()]
     assert [r["seq"] for r in lines] == [1, 2, 3, 4, 5, 6]
+    out = home / "export.jsonl"
+    result = runner.invoke(
+        main, ["--home", str(home), "audit", "export", "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert [json.loads(x)["seq"] for x in out.read_text().splitlines()] == [
+        1, 2, 3, 4, 5, 6,
+    ]  # fmt: skip
     result = runner.invoke(main, ["--home", str(home), "audit", "show", issued[0]])
     assert json.loads(result.output)["jti"] == issued[0]
     with service.db.engine.begin() as conn:

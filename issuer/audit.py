@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import jwt
 import orjson
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, tuple_
 
 from .storage import (
     ASSESSMENT_DIGEST_PREFIX,
@@ -63,6 +63,8 @@ _COLUMNS = (*_CHAINED, "prev_digest", "digest")
 # Digests of assessments a writer knows are stored; past this many it
 # forgets them all and lets the database's conflict clause skip repeats.
 _KNOWN_ASSESSMENTS = 10_000
+# Records per read transaction when SQLite exports or verifies the trail.
+_READ_PAGE = 1_000
 
 
 def _insert_sql(paramstyle: str) -> tuple[str, str]:
@@ -313,19 +315,46 @@ class AuditLog:
 
     def export(self) -> Iterator[dict[str, Any]]:
         """Every record, by chain and position, as JSON-ready dicts."""
-        query = select(AuditRecord).order_by(AuditRecord.chain, AuditRecord.seq)
         lookup = _Assessments(self._db, preload=True)
-        with self._db.session() as s:
-            for rec in s.scalars(query).yield_per(500):
-                yield rec.as_dict(lookup)
+        for rec in self._in_order():
+            yield rec.as_dict(lookup)
 
     def _stored(self) -> Iterator[dict[str, Any]]:
         """Every record as stored, JSON columns as their exact text, so the
         digest is recomputed over the bytes that were hashed when written."""
-        query = select(AuditRecord).order_by(AuditRecord.chain, AuditRecord.seq)
-        with self._db.session() as s:
-            for rec in s.scalars(query).yield_per(500):
-                yield {c: getattr(rec, c) for c in (*_COLUMNS, "id")}
+        for rec in self._in_order():
+            yield {c: getattr(rec, c) for c in (*_COLUMNS, "id")}
+
+    def _in_order(self) -> Iterator[AuditRecord]:
+        """Every record by chain, position and id (so two records that claim
+        one position both show).
+
+        On SQLite each page of ``_READ_PAGE`` records is read in a short
+        transaction of its own, the next one starting after the last key
+        seen: a reader that stayed on one snapshot for a whole export would
+        keep the WAL from starting again, and it grew by about 10 KB per
+        token issued meanwhile. Records only ever append to their chain, so
+        pages read at different moments still line up. PostgreSQL, where a
+        long read holds up no log, reads in one transaction.
+        """
+        order = (AuditRecord.chain, AuditRecord.seq, AuditRecord.id)
+        query = select(AuditRecord).order_by(*order)
+        if self._db.engine.dialect.name != "sqlite":
+            with self._db.session() as s:
+                yield from s.scalars(query).yield_per(500)
+            return
+        after: tuple[Any, Any, Any] | None = None
+        while True:
+            page_query = query.limit(_READ_PAGE)
+            if after is not None:
+                page_query = page_query.where(tuple_(*order) > tuple_(*after))
+            with self._db.session() as s:
+                page = s.scalars(page_query).all()
+            yield from page
+            if len(page) < _READ_PAGE:
+                return
+            last = page[-1]
+            after = (last.chain, last.seq, last.id)
 
     def checkpoints(self) -> dict[str, AuditCheckpoint]:
         """The newest checkpoint of each chain."""

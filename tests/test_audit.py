@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -517,3 +518,68 @@ def _readers_work(home: Any, jti: str) -> None:
     for command in (["audit", "list"], ["audit", "export"], ["audit", "show", jti]):
         result = runner.invoke(main, ["--home", str(home), *command])
         assert result.exit_code == 0, result.output
+
+
+@pytest.fixture
+def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    from issuer import audit
+
+    monkeypatch.setattr(audit, "_READ_PAGE", 2)
+
+
+@pytest.mark.usefixtures("small_pages")
+def test_paged_reads_see_every_record_in_order(service: Any, issued: list[str]) -> None:
+    # Six records in pages of two, and more written between two pages.
+    exported = service.audit.export()
+    first = [next(exported) for _ in range(3)]
+    client, secret = service.clients.add("late", audiences=["https://api.test"])
+    service.token(
+        {"grant_type": ["client_credentials"]}, basic(client.client_id, secret)
+    )
+    rest = list(exported)
+    seqs = [r["seq"] for r in first + rest]
+    assert seqs == [1, 2, 3, 4, 5, 6, 7]
+    assert [r["jti"] for r in first[:3]] == issued[:3]
+    assert service.audit.verify() == (7, [])
+
+
+@pytest.mark.usefixtures("small_pages")
+def test_paged_reads_still_catch_a_record_that_shares_a_position(
+    service: Any, issued: list[str]
+) -> None:
+    """Someone who can drop the unique index may add a second record at a
+    taken position; the page boundary must not hide it."""
+    with service.db.engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_audit_chain_seq"))
+        conn.execute(
+            text(
+                "INSERT INTO audit_records (time, client_id, grant_type, subject,"
+                " decision, error, reasons, evidence, ratings, mial, maal,"
+                " policy_version, jti, audience, expires_at, chain, seq,"
+                " prev_digest, digest) SELECT time, client_id, grant_type,"
+                " subject, decision, error, reasons, evidence, ratings, mial,"
+                " maal, policy_version, 'copy', audience, expires_at, chain,"
+                " seq, prev_digest, digest FROM audit_records WHERE seq = 2"
+            )
+        )
+    count, problems = service.audit.verify()
+    assert count == 7
+    assert (2, "record altered") in [(p.seq, p.problem) for p in problems]
+    assert [r["seq"] for r in service.audit.export()] == [1, 2, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.usefixtures("small_pages")
+def test_an_export_in_progress_does_not_hold_the_wal(
+    service: Any, issued: list[str]
+) -> None:
+    """Between two pages no read transaction is open, so a RESTART
+    checkpoint finishes; one long read would keep it busy."""
+    import sqlite3
+
+    path = service.db.engine.url.database
+    exported = service.audit.export()
+    next(exported)
+    with contextlib.closing(sqlite3.connect(path, timeout=0.05)) as conn:
+        busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+    assert busy == 0
+    assert len(list(exported)) == 5

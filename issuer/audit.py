@@ -333,9 +333,10 @@ class AuditLog:
         transaction of its own, the next one starting after the last key
         seen: a reader that stayed on one snapshot for a whole export would
         keep the WAL from starting again, and it grew by about 10 KB per
-        token issued meanwhile. Records only ever append to their chain, so
-        pages read at different moments still line up. PostgreSQL, where a
-        long read holds up no log, reads in one transaction.
+        token issued meanwhile. Only records with ids up to the highest at
+        the start are read, so the result is the trail as it stood then, as
+        one snapshot would have given. PostgreSQL, where a long read holds
+        up no log, reads in one transaction.
         """
         order = (AuditRecord.chain, AuditRecord.seq, AuditRecord.id)
         query = select(AuditRecord).order_by(*order)
@@ -343,6 +344,14 @@ class AuditLog:
             with self._db.session() as s:
                 yield from s.scalars(query).yield_per(500)
             return
+        # The trail as it stood when the read began: records committed
+        # later have higher ids (SQLite numbers rows past the highest), so
+        # every chain ends at the same moment.
+        with self._db.session() as s:
+            top = s.scalar(select(func.max(AuditRecord.id)))
+        if top is None:
+            return
+        query = query.where(AuditRecord.id <= top)
         after: tuple[Any, Any, Any] | None = None
         while True:
             page_query = query.limit(_READ_PAGE)

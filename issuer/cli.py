@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -66,7 +67,20 @@ def _as_text(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-@click.group()
+class _Commands(click.Group):
+    """The command group: a database that cannot be reached or read ends
+    any command with a one-line error and exit status 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StoreUnavailable as exc:
+            raise click.ClickException(
+                f"database unavailable or unreadable ({exc})"
+            ) from None
+
+
+@click.group(cls=_Commands)
 @click.option("--home", default=None, help="State folder (database, keys/). Default: .")
 @click.option("--config", default=None, help="Configuration file (TOML).")
 def main(home: str | None, config: str | None) -> None:
@@ -739,14 +753,28 @@ def audit_verify(ctx: click.Context) -> None:
 @click.pass_context
 def audit_export(ctx: click.Context, output: str) -> None:
     """Write every record as JSON lines, by chain and position."""
-    if output != "-":
-        # Records name clients and subjects: readable by the owner only, as
-        # the database is. An existing file keeps its own mode.
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    with click.open_file(output, "w") as fh:
-        for record in _audit_log(_settings(ctx)).export():
-            fh.write(_json_line(record) + "\n")
+    records = _audit_log(_settings(ctx)).export()
+    if output == "-":
+        for record in records:
+            click.echo(_json_line(record))
+        return
+    # Written beside the target and renamed into place once complete, so a
+    # failed export leaves no partial file. mkstemp makes it readable by the
+    # owner only, as the database is: records name clients and subjects.
+    target = Path(output)
+    try:
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w") as fh:
+            for record in records:
+                fh.write(_json_line(record) + "\n")
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 @audit.command("prune")

@@ -37,7 +37,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 __all__ = [
@@ -266,9 +266,12 @@ _NONCES: Table = ChallengeNonce.__table__  # type: ignore[assignment]
 #: Pages in the SQLite WAL that make the next commit checkpoint it, in
 #: processes that run no checkpoint thread (the command line, tests).
 WAL_AUTOCHECKPOINT_PAGES = 250
-#: The same in a serving process, whose checkpoint thread normally keeps
-#: the WAL far below it: a backstop should that thread fall behind.
-WAL_BACKSTOP_PAGES = 32_000
+#: The same in a serving process, whose checkpoint thread keeps the WAL far
+#: below it. Only a backstop, for a thread that stopped: while a reader
+#: holds old frames no checkpoint can copy them, and the first commit after
+#: the reader ended would copy the whole backlog with every writer waiting
+#: (1.9 s after a 20 s read, when this was 32,000 pages).
+WAL_BACKSTOP_PAGES = 250_000
 #: Pages in the WAL past which the checkpoint thread restarts it from the
 #: beginning, briefly holding the writer lock (about 32 MB of WAL file).
 WAL_RESTART_PAGES = 8_000
@@ -283,8 +286,10 @@ CHECKPOINT_RETRY_SECONDS = 1.0
 #: last PASSIVE one, while writers wait for it: such reads take well under
 #: a millisecond.
 RESTART_READER_WAIT_SECONDS = 0.02
-#: Pause before the next RESTART attempt after one that readers kept busy.
+#: Pause before the next RESTART attempt after one that readers kept busy;
+#: it doubles with each busy attempt in a row, up to the longest.
 RESTART_BUSY_PAUSE_SECONDS = 0.05
+RESTART_LONGEST_PAUSE_SECONDS = 1.0
 
 
 def _sqlite_pragmas(dbapi_conn: Any, autocheckpoint: int) -> None:
@@ -384,7 +389,9 @@ class _WriterLock:
                     # Open connections would write on into a file no longer
                     # on disk: tokens whose records vanish. Fail closed.
                     raise StoreUnavailable(
-                        "database file removed or replaced; restart the issuer"
+                        "database file removed or replaced; stop the issuer,"
+                        " remove the -wal and -shm files beside the database,"
+                        " then start it (docs/operations.md)"
                     )
                 self._checked_at = now
                 return fd
@@ -481,6 +488,7 @@ class _Checkpointer:
         self.busy_restarts = 0
         self.held_back = 0
         self._restart_after = 0.0  # time.monotonic() of the next attempt
+        self._pause = 0.0  # after the last busy attempt
 
     def start(self) -> None:
         self._thread.start()
@@ -503,11 +511,12 @@ class _Checkpointer:
                             isolation_level=None,
                         )
                     self._checkpoint(conn)
-                except (sqlite3.Error, StoreUnavailable) as exc:
+                except Exception as exc:  # the thread must go on, whatever failed
                     # Commits still checkpoint past WAL_BACKSTOP_PAGES, so a
                     # failing thread costs speed, never records.
                     log.warning(
-                        "WAL checkpoint failed", extra={"fields": {"error": str(exc)}}
+                        "WAL checkpoint failed",
+                        extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}},
                     )
                     if conn is not None:
                         conn.close()
@@ -537,10 +546,17 @@ class _Checkpointer:
         with self._writer.hold(wait=1.0):
             busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
         if busy:
+            # Readers that keep coming (a tool reading back to back) would
+            # otherwise hold the writers for the wait every round.
             self.busy_restarts += 1
-            self._restart_after = now + RESTART_BUSY_PAUSE_SECONDS
+            self._pause = min(
+                max(self._pause * 2, RESTART_BUSY_PAUSE_SECONDS),
+                RESTART_LONGEST_PAUSE_SECONDS,
+            )
+            self._restart_after = now + self._pause
         else:
             self.restarts += 1
+            self._pause = 0.0
 
 
 class Database:
@@ -640,7 +656,9 @@ class Database:
         """
         try:
             self.upgrade()
-        except OperationalError as exc:
+        except SQLAlchemyError as exc:
+            # OperationalError (unreachable) or DatabaseError (not a database,
+            # malformed): either way nothing can be served from it.
             raise StoreUnavailable(type(exc).__name__) from exc
         path = self.engine.url.database
         if (

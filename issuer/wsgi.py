@@ -15,12 +15,13 @@ from .web import create_app
 
 configure_logging()
 service = IssuerService(load_settings())
-# Serving: SQLite's WAL is checkpointed beside the commits, not inside them.
-service.db.start_checkpoints()
-app = create_app(service)
 # A worker that stops cleanly closes its connections, so the last SQLite
 # connection folds the WAL into the database file and removes it.
 # multiprocessing's exit finalizers run both in granian's workers (its
 # children, which skip atexit hooks) and, through atexit, in any other
-# process that exits normally.
+# process that exits normally. Registered first thing, so a worker stopped
+# while still loading closes its connections too.
 multiprocessing.util.Finalize(None, service.close, exitpriority=10)
+# Serving: SQLite's WAL is checkpointed beside the commits, not inside them.
+service.db.start_checkpoints()
+app = create_app(service)

@@ -216,6 +216,27 @@ def start_issuer(
     raise RuntimeError("issuer did not start: " + log_path.read_text())
 
 
+def serving_worker_pids(url: str) -> set[int]:
+    """The pids in ``wimse_policy_info`` on ``/metrics``: with several
+    workers, those that finished loading the application."""
+    text = requests.get(url + "/metrics", timeout=10).text
+    return {
+        int(row.split('pid="')[1].split('"')[0])
+        for row in text.splitlines()
+        if row.startswith("wimse_policy_info{")
+    }
+
+
+def wait_for_workers(live: LiveIssuer, count: int, timeout: float = 30.0) -> None:
+    """Wait until ``count`` workers have loaded the application: ``/healthz``
+    answers as soon as the first one has."""
+    deadline = time.monotonic() + timeout
+    while len(serving_worker_pids(live.url)) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{count} workers not serving within {timeout} s")
+        time.sleep(0.1)
+
+
 def stop_issuer(live: LiveIssuer) -> None:
     live.process.terminate()
     try:

@@ -22,7 +22,12 @@ from issuer.config import ConfigError, Settings
 from issuer.errors import InvalidRequest
 from issuer.web import create_app
 
-from .conftest import basic, read_until_closed
+from .conftest import (
+    basic,
+    read_until_closed,
+    serving_worker_pids,
+    wait_for_workers,
+)
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -240,15 +245,6 @@ def test_negative_content_length_reaching_the_app_is_invalid_request(
             assert json.loads(body)["error"] == "invalid_client"
 
 
-def _policy_info_pids(url: str) -> set[int]:
-    text = requests.get(url + "/metrics", timeout=10).text
-    return {
-        int(row.split('pid="')[1].split('"')[0])
-        for row in text.splitlines()
-        if row.startswith("wimse_policy_info{")
-    }
-
-
 def _worker_pids(main_pid: int) -> set[int]:
     children = Path(f"/proc/{main_pid}/task/{main_pid}/children").read_text()
     return {int(pid) for pid in children.split()}
@@ -258,10 +254,11 @@ def test_policy_gauge_shows_running_workers_only(live_issuer: Any) -> None:
     """The serve command's own process and a worker killed by a signal
     leave no ``wimse_policy_info`` series behind."""
     live = live_issuer({"replay_store": "database"}, workers=2)
+    wait_for_workers(live, 2)
     workers = _worker_pids(live.process.pid)
     assert len(workers) == 2
     # Each worker writes its gauge when it starts.
-    assert _policy_info_pids(live.url) == workers
+    assert serving_worker_pids(live.url) == workers
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 20
@@ -273,7 +270,7 @@ def test_policy_gauge_shows_running_workers_only(live_issuer: Any) -> None:
     assert victim not in now and len(now) == 2
     # Any worker may answer; none reports the dead one.
     for _ in range(6):
-        pids = _policy_info_pids(live.url)
+        pids = serving_worker_pids(live.url)
         assert victim not in pids
         assert live.process.pid not in pids
         assert pids <= now

@@ -400,6 +400,13 @@ class AuditLog:
             if rec["chain"] != current:
                 current = rec["chain"]
                 seq, prev = starts.get(current, (0, GENESIS))
+                if rec["seq"] != seq + 1:
+                    # An ``audit prune`` since the checkpoints were read
+                    # removed this chain's first records: its newer
+                    # checkpoint says where the chain now starts.
+                    newer = self._newer_start(current, seq, keyring, problems)
+                    if newer is not None:
+                        seq, prev = newer
             # A position that is not a number is reported where it stands.
             position = rec["seq"] if isinstance(rec["seq"], int) else seq + 1
             if position != rec["seq"]:
@@ -421,6 +428,31 @@ class AuditLog:
                     problems.append(ChainProblem(current, position, problem))
             seq, prev = position, rec["digest"]
         return count, problems
+
+    def _newer_start(
+        self,
+        chain: str,
+        seq: int,
+        keyring: KeyRing | None,
+        problems: list[ChainProblem],
+    ) -> tuple[int, str] | None:
+        """Where ``chain`` starts by its newest checkpoint, if that is newer
+        than position ``seq``; its signature is checked as any other's."""
+        query = (
+            select(AuditCheckpoint)
+            .where(AuditCheckpoint.chain == chain)
+            .order_by(AuditCheckpoint.id.desc())
+            .limit(1)
+        )
+        with self._db.session() as s:
+            cp = s.scalars(query).first()
+        if cp is None or not isinstance(cp.seq, int) or not isinstance(cp.digest, str):
+            return None
+        if cp.seq <= seq:
+            return None
+        if keyring is not None and not _checkpoint_valid(cp, keyring):
+            problems.append(ChainProblem(chain, cp.seq, "checkpoint signature"))
+        return cp.seq, cp.digest
 
     def prune(self, before: float, keyring: KeyRing) -> int:
         """Delete records older than ``before`` after writing, per chain, a

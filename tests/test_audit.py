@@ -83,6 +83,25 @@ def test_pruning_keeps_the_chain_checkable_from_a_signed_checkpoint(
     assert "checkpoint signature" in {p.problem for p in problems}
 
 
+def test_verify_that_overlaps_a_prune_takes_the_newer_checkpoint(
+    service: Any, issued: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``verify`` read the checkpoints before a prune ran and the records
+    after it: the pruned records are not reported missing."""
+    before = service.audit.checkpoints()
+    with service.db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_records SET time = 0 WHERE seq <= 3"))
+    _reseal(service)
+    assert service.audit.prune(time.time() - 86400, service.keyring) == 3
+    monkeypatch.setattr(service.audit, "checkpoints", lambda: before)
+    assert service.audit.verify(service.keyring) == (3, [])
+    # A forged newer checkpoint is still caught.
+    with service.db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_checkpoints SET digest = 'sha-256:00'"))
+    _, problems = service.audit.verify(service.keyring)
+    assert "checkpoint signature" in {p.problem for p in problems}
+
+
 def _reseal(service: Any) -> None:
     from issuer.audit import GENESIS, record_digest
 

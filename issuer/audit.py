@@ -50,7 +50,14 @@ from .storage import (
 if TYPE_CHECKING:
     from .keys import KeyRing
 
-__all__ = ["GENESIS", "AuditEntry", "AuditLog", "ChainProblem", "record_digest"]
+__all__ = [
+    "GENESIS",
+    "AuditEntry",
+    "AuditLog",
+    "ChainProblem",
+    "TrailChanged",
+    "record_digest",
+]
 
 GENESIS = "sha-256:" + "0" * 64
 _CHAINED = (
@@ -105,6 +112,10 @@ def record_digest(prev_digest: str, fields: Mapping[str, Any]) -> str:
     canonical = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
     data = prev_digest.encode() + b"\n" + canonical
     return "sha-256:" + hashlib.sha256(data).hexdigest()
+
+
+class TrailChanged(RuntimeError):
+    """A paged read of the trail did not see every record it started with."""
 
 
 @dataclass(frozen=True)
@@ -348,22 +359,35 @@ class AuditLog:
         # later have higher ids (SQLite numbers rows past the highest), so
         # every chain ends at the same moment.
         with self._db.session() as s:
-            top = s.scalar(select(func.max(AuditRecord.id)))
+            top, total = s.execute(
+                select(func.max(AuditRecord.id), func.count(AuditRecord.id))
+            ).one()
         if top is None:
             return
         query = query.where(AuditRecord.id <= top)
         after: tuple[Any, Any, Any] | None = None
+        read = 0
         while True:
             page_query = query.limit(_READ_PAGE)
             if after is not None:
                 page_query = page_query.where(tuple_(*order) > tuple_(*after))
             with self._db.session() as s:
                 page = s.scalars(page_query).all()
+            read += len(page)
             yield from page
             if len(page) < _READ_PAGE:
-                return
+                break
             last = page[-1]
             after = (last.chain, last.seq, last.id)
+        if read != total:
+            # Rows pruned between two pages, or rows no writer stores (a
+            # NULL chain or position) that the page order cannot step past.
+            raise TrailChanged(
+                f"read {read} of the {total} audit records there were at the"
+                " start: the trail changed during the read (an audit prune?)"
+                " or holds rows that cannot be put in order; run it again"
+                " after the prune, and check the database if it persists"
+            )
 
     def checkpoints(self) -> dict[str, AuditCheckpoint]:
         """The newest checkpoint of each chain."""
@@ -427,6 +451,16 @@ class AuditLog:
                 if problem is not None:
                     problems.append(ChainProblem(current, position, problem))
             seq, prev = position, rec["digest"]
+        if keyring is not None:
+            # Checkpoints a prune wrote meanwhile, also for chains it emptied.
+            for chain, cp in self.checkpoints().items():
+                if not isinstance(cp.seq, int) or not isinstance(cp.digest, str):
+                    continue  # reported as malformed above
+                seen = starts.get(chain)
+                if seen != (cp.seq, cp.digest) and not _checkpoint_valid(cp, keyring):
+                    forged = ChainProblem(chain, cp.seq, "checkpoint signature")
+                    if forged not in problems:
+                        problems.append(forged)
         return count, problems
 
     def _newer_start(

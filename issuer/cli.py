@@ -72,12 +72,16 @@ class _Commands(click.Group):
     any command with a one-line error and exit status 1, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from .audit import TrailChanged
+
         try:
             return super().invoke(ctx)
         except StoreUnavailable as exc:
             raise click.ClickException(
                 f"database unavailable or unreadable ({exc})"
             ) from None
+        except TrailChanged as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 @click.group(cls=_Commands)
@@ -762,6 +766,12 @@ def audit_export(ctx: click.Context, output: str) -> None:
     # failed export leaves no partial file. mkstemp makes it readable by the
     # owner only, as the database is: records name clients and subjects.
     target = Path(output)
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        # A pipe, a device or a link the operator named: write through it.
+        with click.open_file(output, "w") as fh:
+            for record in records:
+                fh.write(_json_line(record) + "\n")
+        return
     try:
         fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     except OSError as exc:

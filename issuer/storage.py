@@ -578,7 +578,12 @@ class Database:
             if path and path != ":memory:" and not path.startswith("file:"):
                 # The embedded default lives in the home folder: a fresh
                 # --home is created rather than reported as unreachable.
-                Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                try:
+                    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreUnavailable(
+                        f"cannot create the folder of {path}: {exc.strerror}"
+                    ) from None
                 self._file = str(Path(path).resolve())
                 self._writer = _WriterLock(self._file)
                 kwargs = {"creator": self._open_file}
@@ -654,8 +659,14 @@ class Database:
         (PostgreSQL advisory lock; SQLite's write lock), so instances that
         start together do not race.
         """
+        from alembic.util import CommandError
+
         try:
             self.upgrade()
+        except CommandError as exc:
+            # A schema revision this issuer does not know: a newer issuer
+            # wrote it, or the table was edited. Nothing to serve from.
+            raise StoreUnavailable(f"schema: {exc}") from None
         except SQLAlchemyError as exc:
             # OperationalError (unreachable) or DatabaseError (not a database,
             # malformed): either way nothing can be served from it.

@@ -626,3 +626,90 @@ def test_cli_on_a_damaged_database_says_so_without_a_traceback(
     # A failed export leaves no file, partial or empty.
     assert not out.exists()
     assert not [p for p in home.iterdir() if p.name.startswith(".export.jsonl.")]
+
+
+@pytest.mark.usefixtures("small_pages")
+def test_a_record_removed_between_pages_fails_the_read(
+    service: Any, issued: list[str]
+) -> None:
+    from issuer.audit import TrailChanged
+
+    exported = service.audit.export()
+    next(exported)
+    with service.db.engine.begin() as conn:  # as a prune would, mid-read
+        conn.execute(text("DELETE FROM audit_records WHERE seq = 5"))
+    with pytest.raises(TrailChanged, match="read 5 of the 6"):
+        list(exported)
+
+
+def test_a_trail_that_changed_during_a_command_is_one_line(
+    service: Any, issued: list[str], home: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from issuer.audit import AuditLog, TrailChanged
+
+    def changed(self: Any, keyring: Any = None) -> Any:
+        raise TrailChanged("read 5 of the 6 audit records")
+
+    monkeypatch.setattr(AuditLog, "verify", changed)
+    result = CliRunner().invoke(main, ["--home", str(home), "audit", "verify"])
+    assert result.exit_code == 1
+    assert "read 5 of the 6 audit records" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_forged_checkpoint_of_an_emptied_chain_is_caught_after_a_race(
+    service: Any, issued: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prune that emptied a chain after verification read the checkpoints:
+    the checkpoint it wrote is checked at the end all the same."""
+    before = service.audit.checkpoints()
+    with service.db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_records SET time = 0"))
+    _reseal(service)
+    assert service.audit.prune(time.time() - 86400, service.keyring) == 6
+    with service.db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_checkpoints SET digest = 'sha-256:00'"))
+    real = type(service.audit).checkpoints
+    calls: list[int] = []
+
+    def first_stale(self: Any) -> Any:
+        calls.append(1)
+        return before if len(calls) == 1 else real(self)
+
+    monkeypatch.setattr(type(service.audit), "checkpoints", first_stale)
+    count, problems = service.audit.verify(service.keyring)
+    assert count == 0
+    assert [p.problem for p in problems] == ["checkpoint signature"]
+
+
+def test_export_writes_through_a_symlink(
+    service: Any, issued: list[str], home: Any
+) -> None:
+    real = home / "real.jsonl"
+    real.write_text("")
+    link = home / "link.jsonl"
+    link.symlink_to(real)
+    result = CliRunner().invoke(
+        main, ["--home", str(home), "audit", "export", "--output", str(link)]
+    )
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink()
+    assert len(real.read_text().splitlines()) == 6
+
+
+def test_commands_on_an_unusable_home_or_schema_are_one_line(
+    service: Any, issued: list[str], home: Any, tmp_path_factory: Any
+) -> None:
+    afile = tmp_path_factory.mktemp("x") / "afile"
+    afile.write_text("")
+    result = CliRunner().invoke(main, ["--home", str(afile), "client", "list"])
+    assert result.exit_code == 1
+    assert "database unavailable or unreadable" in result.output
+    assert "cannot create the folder" in result.output
+    with service.db.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'zzzz'"))
+    service.close()
+    result = CliRunner().invoke(main, ["--home", str(home), "audit", "verify"])
+    assert result.exit_code == 1
+    assert "database unavailable or unreadable (schema:" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -435,6 +435,10 @@ class AuditLog:
             position = rec["seq"] if isinstance(rec["seq"], int) else seq + 1
             if position != rec["seq"]:
                 problems.append(ChainProblem(current, position, "record malformed"))
+            elif position == seq:
+                # A second record at a taken position (the unique index was
+                # dropped to insert it).
+                problems.append(ChainProblem(current, position, "duplicate record"))
             elif position != seq + 1:
                 problems.append(ChainProblem(current, seq + 1, "missing record"))
             elif rec["prev_digest"] != prev:

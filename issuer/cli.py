@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -776,6 +777,9 @@ def audit_export(ctx: click.Context, output: str) -> None:
         fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+    # SIGTERM ends the process without unwinding; as SystemExit it does, so
+    # the temporary file is removed on the way out.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with os.fdopen(fd, "w") as fh:
             for record in records:
@@ -785,6 +789,12 @@ def audit_export(ctx: click.Context, output: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 @audit.command("prune")

@@ -586,7 +586,10 @@ def test_paged_reads_still_catch_a_record_that_shares_a_position(
         )
     count, problems = service.audit.verify()
     assert count == 7
-    assert (2, "record altered") in [(p.seq, p.problem) for p in problems]
+    found = [(p.seq, p.problem) for p in problems]
+    assert (2, "record altered") in found
+    assert (2, "duplicate record") in found
+    assert (3, "missing record") not in found
     assert [r["seq"] for r in service.audit.export()] == [1, 2, 2, 3, 4, 5, 6]
 
 
@@ -713,3 +716,31 @@ def test_commands_on_an_unusable_home_or_schema_are_one_line(
     assert result.exit_code == 1
     assert "database unavailable or unreadable (schema:" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_export_stopped_by_sigterm_leaves_no_file(
+    service: Any, issued: list[str], home: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    from issuer.audit import AuditLog
+
+    real = AuditLog.export
+
+    def interrupted(self: Any) -> Any:
+        records = real(self)
+        yield next(records)
+        os.kill(os.getpid(), signal.SIGTERM)
+        yield from records
+
+    monkeypatch.setattr(AuditLog, "export", interrupted)
+    before = signal.getsignal(signal.SIGTERM)
+    out = home / "stopped.jsonl"
+    result = CliRunner().invoke(
+        main, ["--home", str(home), "audit", "export", "--output", str(out)]
+    )
+    assert result.exit_code == 128 + signal.SIGTERM
+    assert not out.exists()
+    assert not [p for p in home.iterdir() if p.name.startswith(".stopped.jsonl.")]
+    assert signal.getsignal(signal.SIGTERM) == before

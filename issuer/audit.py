@@ -43,6 +43,7 @@ from .storage import (
     AuditRecord,
     Database,
     StoreUnavailable,
+    discard_connection,
     positional_mark,
     stored_json,
 )
@@ -167,7 +168,6 @@ class AuditLog:
         self._raw: Any = None
         self._sql, self._assessment_sql = _insert_sql(db.engine.dialect.paramstyle)
         self._known: set[str] = set()  # assessment digests committed
-        self._dbapi_error: type[Exception] = db.engine.dialect.dbapi.Error  # type: ignore[union-attr]
 
     def write(
         self,
@@ -284,13 +284,10 @@ class AuditLog:
                 finally:
                     cursor.close()
                 self._raw.commit()
-        except self._dbapi_error as exc:
+        except self._db.dbapi_error as exc:
             raw, self._raw = self._raw, None
             if raw is not None:
-                with contextlib.suppress(Exception):
-                    raw.rollback()
-                with contextlib.suppress(Exception):
-                    raw.invalidate()
+                discard_connection(raw)
             raise StoreUnavailable(type(exc).__name__) from exc
 
     def close(self) -> None:
@@ -403,16 +400,19 @@ class AuditLog:
         checkpoints' signatures are checked too.
         """
         problems: list[ChainProblem] = []
+        # Every checkpoint the check relied on or found, by id: their
+        # signatures are checked once, at the end.
+        relied_on: dict[int, AuditCheckpoint] = {}
         starts: dict[str, tuple[int, str]] = {}
         for chain, cp in self.checkpoints().items():
-            if not isinstance(cp.seq, int) or not isinstance(cp.digest, str):
+            relied_on[cp.id] = cp
+            mark = _checkpoint_position(cp)
+            if mark is None:
                 # Not as any writer stores it: the chain is checked from its
                 # start, so the pruned records show as missing too.
                 problems.append(ChainProblem(chain, 0, "checkpoint malformed"))
                 continue
-            if keyring is not None and not _checkpoint_valid(cp, keyring):
-                problems.append(ChainProblem(chain, cp.seq, "checkpoint signature"))
-            starts[chain] = (cp.seq, cp.digest)
+            starts[chain] = mark
         lookup = _Assessments(self._db, preload=True)
         # Per assessment digest: what is wrong with its stored JSON, or None.
         assessment_problem: dict[str, str | None] = {}
@@ -428,9 +428,11 @@ class AuditLog:
                     # An ``audit prune`` since the checkpoints were read
                     # removed this chain's first records: its newer
                     # checkpoint says where the chain now starts.
-                    newer = self._newer_start(current, seq, keyring, problems)
-                    if newer is not None:
-                        seq, prev = newer
+                    newer = self._newest_checkpoint(current)
+                    mark = _checkpoint_position(newer) if newer else None
+                    if newer is not None and mark is not None and mark[0] > seq:
+                        relied_on[newer.id] = newer
+                        seq, prev = mark
             # A position that is not a number is reported where it stands.
             position = rec["seq"] if isinstance(rec["seq"], int) else seq + 1
             if position != rec["seq"]:
@@ -456,26 +458,19 @@ class AuditLog:
                     problems.append(ChainProblem(current, position, problem))
             seq, prev = position, rec["digest"]
         if keyring is not None:
-            # Checkpoints a prune wrote meanwhile, also for chains it emptied.
-            for chain, cp in self.checkpoints().items():
-                if not isinstance(cp.seq, int) or not isinstance(cp.digest, str):
-                    continue  # reported as malformed above
-                seen = starts.get(chain)
-                if seen != (cp.seq, cp.digest) and not _checkpoint_valid(cp, keyring):
-                    forged = ChainProblem(chain, cp.seq, "checkpoint signature")
-                    if forged not in problems:
-                        problems.append(forged)
+            # With those a prune wrote meanwhile, also for chains it emptied.
+            for cp in self.checkpoints().values():
+                relied_on.setdefault(cp.id, cp)
+            for cp in relied_on.values():
+                mark = _checkpoint_position(cp)
+                if mark is not None and not _checkpoint_valid(cp, keyring):
+                    problems.append(
+                        ChainProblem(cp.chain, mark[0], "checkpoint signature")
+                    )
         return count, problems
 
-    def _newer_start(
-        self,
-        chain: str,
-        seq: int,
-        keyring: KeyRing | None,
-        problems: list[ChainProblem],
-    ) -> tuple[int, str] | None:
-        """Where ``chain`` starts by its newest checkpoint, if that is newer
-        than position ``seq``; its signature is checked as any other's."""
+    def _newest_checkpoint(self, chain: str) -> AuditCheckpoint | None:
+        """The newest checkpoint of ``chain``, read now."""
         query = (
             select(AuditCheckpoint)
             .where(AuditCheckpoint.chain == chain)
@@ -483,14 +478,7 @@ class AuditLog:
             .limit(1)
         )
         with self._db.session() as s:
-            cp = s.scalars(query).first()
-        if cp is None or not isinstance(cp.seq, int) or not isinstance(cp.digest, str):
-            return None
-        if cp.seq <= seq:
-            return None
-        if keyring is not None and not _checkpoint_valid(cp, keyring):
-            problems.append(ChainProblem(chain, cp.seq, "checkpoint signature"))
-        return cp.seq, cp.digest
+            return s.scalars(query).first()
 
     def prune(self, before: float, keyring: KeyRing) -> int:
         """Delete records older than ``before`` after writing, per chain, a
@@ -587,6 +575,14 @@ def _digest_or_none(record: Mapping[str, Any]) -> str | None:
         return record_digest(record["prev_digest"], record)
     except (TypeError, ValueError, AttributeError):
         return None
+
+
+def _checkpoint_position(cp: AuditCheckpoint) -> tuple[int, str] | None:
+    """A checkpoint's (seq, digest), or ``None`` when it is not as any
+    writer stores it (an edited database)."""
+    if isinstance(cp.seq, int) and isinstance(cp.digest, str):
+        return cp.seq, cp.digest
+    return None
 
 
 def _checkpoint_valid(cp: AuditCheckpoint, keyring: KeyRing) -> bool:

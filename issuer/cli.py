@@ -14,9 +14,9 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -770,8 +770,7 @@ def audit_export(ctx: click.Context, output: str) -> None:
     if target.is_symlink() or (target.exists() and not target.is_file()):
         # A pipe, a device or a link the operator named: write through it.
         with click.open_file(output, "w") as fh:
-            for record in records:
-                fh.write(_json_line(record) + "\n")
+            _write_lines(fh, records)
         return
     try:
         fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
@@ -782,8 +781,7 @@ def audit_export(ctx: click.Context, output: str) -> None:
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with os.fdopen(fd, "w") as fh:
-            for record in records:
-                fh.write(_json_line(record) + "\n")
+            _write_lines(fh, records)
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -791,6 +789,11 @@ def audit_export(ctx: click.Context, output: str) -> None:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _write_lines(fh: IO[str], records: Iterable[Mapping[str, Any]]) -> None:
+    for record in records:
+        fh.write(_json_line(record) + "\n")
 
 
 def _exit_on_sigterm(signum: int, _frame: Any) -> None:

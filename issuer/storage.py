@@ -445,6 +445,15 @@ def _file_uri(path: str, mode: str) -> str:
     return f"file:{quote(path)}?mode={mode}"
 
 
+def discard_connection(raw: Any) -> None:
+    """Roll back a pooled DBAPI connection after a driver error and drop it
+    from the pool, whatever state it is in."""
+    with contextlib.suppress(Exception):
+        raw.rollback()
+    with contextlib.suppress(Exception):
+        raw.invalidate()
+
+
 def positional_mark(paramstyle: str) -> str:
     """The positional placeholder of a DBAPI driver (PEP 249 ``paramstyle``):
     sqlite3 takes ``?``, psycopg ``%s``. For the few fixed statements the
@@ -595,7 +604,9 @@ class Database:
                 lambda conn, _rec: _sqlite_pragmas(conn, self._autocheckpoint),
             )
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
-        self._dbapi_error: type[Exception] = self.engine.dialect.dbapi.Error  # type: ignore[union-attr]
+        #: The driver's base error class (PEP 249), for code that works on
+        #: DBAPI connections directly.
+        self.dbapi_error: type[Exception] = self.engine.dialect.dbapi.Error  # type: ignore[union-attr]
         mark = positional_mark(self.engine.dialect.paramstyle)
         # Built from constants only. One statement takes a new key or one
         # whose time is up, atomically (SQLite 3.24+, PostgreSQL 9.5+): the
@@ -753,7 +764,7 @@ class Database:
         and a broken connection is dropped from the pool."""
         try:
             raw = self.engine.raw_connection()
-        except (SQLAlchemyError, self._dbapi_error) as exc:
+        except (SQLAlchemyError, self.dbapi_error) as exc:
             # A failed connect surfaces as the driver's own error here.
             raise StoreUnavailable(type(exc).__name__) from exc
         try:
@@ -763,11 +774,8 @@ class Database:
             finally:
                 cursor.close()
             raw.commit()
-        except self._dbapi_error as exc:
-            with contextlib.suppress(Exception):
-                raw.rollback()
-            with contextlib.suppress(Exception):
-                raw.invalidate()
+        except self.dbapi_error as exc:
+            discard_connection(raw)
             raise StoreUnavailable(type(exc).__name__) from exc
         finally:
             raw.close()

@@ -48,6 +48,13 @@ def _write(log: AuditLog, n: int, client: str = "c") -> None:
         log.write(AuditEntry(client, "client_credentials", "v"), decision="issued")
 
 
+def _thread(db: Database) -> storage._Checkpointer:
+    """The running checkpoint thread of ``db``."""
+    checkpointer = db._checkpointer
+    assert checkpointer is not None
+    return checkpointer
+
+
 def _wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -77,8 +84,7 @@ def test_restart_keeps_the_wal_small_and_every_record(
     # Commits no longer checkpoint on the way (only past the backstop).
     assert _audit_connection_autocheckpoint(log) == storage.WAL_BACKSTOP_PAGES
     _write(log, 400)
-    checkpointer = db._checkpointer
-    assert checkpointer is not None
+    checkpointer = _thread(db)
     assert _wait_for(lambda: checkpointer.restarts >= 1)
     # Restarted: the file is reused from its start, so it stays well below
     # the ~2,000 frames written (how far below depends on when the thread
@@ -103,8 +109,7 @@ def test_concurrent_writers_lose_nothing_while_checkpointing(
         t.start()
     for t in threads:
         t.join()
-    checkpointer = db._checkpointer
-    assert checkpointer is not None
+    checkpointer = _thread(db)
     assert _wait_for(lambda: checkpointer.restarts >= 1)
     with contextlib.closing(sqlite3.connect(path)) as conn:
         rows = conn.execute(
@@ -131,8 +136,7 @@ def test_dispose_stops_the_thread(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'issuer.db'}")
     db.migrate()
     db.start_checkpoints()
-    checkpointer = db._checkpointer
-    assert checkpointer is not None
+    checkpointer = _thread(db)
     db.start_checkpoints()  # a second call starts no second thread
     assert db._checkpointer is checkpointer
     thread = checkpointer._thread
@@ -162,8 +166,7 @@ def test_a_failing_checkpoint_is_logged_and_retried(
     error: Exception,
 ) -> None:
     db, _path = served
-    checkpointer = db._checkpointer
-    assert checkpointer is not None
+    checkpointer = _thread(db)
     real = checkpointer._checkpoint
     failures = []
 
@@ -199,8 +202,7 @@ def test_a_long_reader_neither_stalls_writers_nor_stops_restarts(
     try:
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM audit_records").fetchone()
-        checkpointer = db._checkpointer
-        assert checkpointer is not None
+        checkpointer = _thread(db)
         restarts = checkpointer.restarts
         slowest = 0.0
         deadline = time.monotonic() + 1.5
@@ -248,8 +250,7 @@ def test_short_overlapping_readers_leave_gaps_for_restarts(
 
     reader = threading.Thread(target=reads)
     reader.start()
-    checkpointer = db._checkpointer
-    assert checkpointer is not None
+    checkpointer = _thread(db)
     try:
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
@@ -288,8 +289,7 @@ def test_wal_grown_by_a_long_reader_is_cut_back(
     assert grown > 1_000_000  # ~1,400 frames of 4 KB: more than the limit below
     reader.execute("COMMIT")
     reader.close()
-    checkpointer = db._checkpointer
-    assert checkpointer is not None
+    checkpointer = _thread(db)
     restarts = checkpointer.restarts
     assert _wait_for(lambda: checkpointer.restarts > restarts)
     _write(log, 1)

@@ -194,6 +194,28 @@ def serve(
         workers_kill_timeout=SHUTDOWN_SECONDS,
         log_access=False,
     ).serve()
+    _fold_wal(settings)
+
+
+def _fold_wal(settings: Settings) -> None:
+    """Once every worker is gone, fold SQLite's WAL into the database file.
+
+    Each worker closes its connections as it stops, and the last connection
+    to close folds the WAL and removes it; but two workers closing at the
+    same moment can each see the other's and both leave it. One connection
+    opened and closed here, with no worker left, always is the last.
+    """
+    url = settings.resolved_database_url()
+    if not url.startswith("sqlite"):
+        return
+    database = Database(url)
+    try:
+        with database.connection():
+            pass
+    except StoreUnavailable:
+        pass  # the next start recovers the WAL all the same
+    finally:
+        database.dispose()
 
 
 def _check_address(host: str, port: int) -> None:

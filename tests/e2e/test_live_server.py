@@ -323,7 +323,8 @@ def test_a_clean_stop_folds_the_sqlite_wal_into_the_database(tmp_path: Path) -> 
         assert (tmp_path / "wimse-issuer.db-wal").exists()
     finally:
         stop_issuer(live)
-    # Each worker closed its connections on SIGTERM: the last one to close
+    # Each worker closed its connections on SIGTERM, then the serve process,
+    # with no worker left, opened and closed one more: that last close
     # checkpointed the WAL into the database and removed it.
     assert not (tmp_path / "wimse-issuer.db-wal").exists()
     assert "4 records verified" in live.cli("audit", "verify").stdout

@@ -8,7 +8,8 @@ for delegated token exchange (RFC 8693 section 4.1).
 
 from __future__ import annotations
 
-import secrets
+import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,7 @@ import jwt
 from .assurance import Assessment
 from .keys import KeyRing
 
-__all__ = ["AccessTokenMinter", "new_jti", "read_own_token"]
+__all__ = ["AccessTokenMinter", "RandomPool", "new_jti", "read_own_token"]
 
 
 def new_jti() -> str:
@@ -31,7 +32,47 @@ def new_jti() -> str:
     time is no secret, the token's ``iat`` says it too; uniqueness rests on
     the random part alone (RFC 7519 section 4.1.7).
     """
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(16)}"
+    return f"{time.time_ns() // 1_000_000:012x}{_JTI_RANDOM.take(16).hex()}"
+
+
+class RandomPool:
+    """Random bytes from the operating system, read ``size`` at a time.
+
+    ``os.urandom`` (what ``secrets`` calls) lets go of the GIL for its
+    system call, and under load every release hands the interpreter to
+    another thread and back. Token ids need 16 random bytes each, so one
+    read of 4 KiB serves 256 of them. Each byte is handed out once. A
+    forked child starts with an empty pool, so parent and child never share
+    bytes. Only for values that are public once used, like a ``jti``: the
+    pool keeps up to ``size`` bytes of future values in memory.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._offset = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        # A thread of the parent may have held the lock at the fork.
+        self._lock = threading.Lock()
+        self._buffer, self._offset = b"", 0
+
+    def take(self, count: int) -> bytes:
+        """``count`` fresh random bytes (at most ``size``)."""
+        if not 0 < count <= self._size:
+            raise ValueError("count must be 1..size")
+        with self._lock:
+            end = self._offset + count
+            if end > len(self._buffer):
+                self._buffer, self._offset, end = os.urandom(self._size), 0, count
+            chunk = self._buffer[self._offset : end]
+            self._offset = end
+        return chunk
+
+
+_JTI_RANDOM = RandomPool()
 
 
 class AccessTokenMinter:

@@ -71,20 +71,24 @@ _COLUMNS = (*_CHAINED, "prev_digest", "digest")
 # Digests of assessments a writer knows are stored; past this many it
 # forgets them all and lets the database's conflict clause skip repeats.
 _KNOWN_ASSESSMENTS = 10_000
+# Rows per INSERT statement on SQLite: 19 columns each keeps a statement
+# under 999 parameters, the limit of SQLite builds before 3.32.
+_ROWS_PER_STATEMENT = 52
 # Records per read transaction when SQLite exports or verifies the trail.
 _READ_PAGE = 1_000
 
 
-def _insert_sql(paramstyle: str) -> tuple[str, str]:
-    """The record insert and the assessment insert, for the driver's
-    positional placeholders (sqlite3: qmark; psycopg: format/pyformat)."""
+def _insert_sql(paramstyle: str, rows: int = 1) -> tuple[str, str]:
+    """The insert of ``rows`` records and the assessment insert, for the
+    driver's positional placeholders (sqlite3: qmark; psycopg:
+    format/pyformat)."""
     mark = positional_mark(paramstyle)
     columns = ", ".join(_COLUMNS)
-    marks = ", ".join([mark] * len(_COLUMNS))
+    values = ", ".join(["(" + ", ".join([mark] * len(_COLUMNS)) + ")"] * rows)
     # Built only from the constant names above, never from input. SQLite
     # (3.24 and later) and PostgreSQL both take ON CONFLICT DO NOTHING.
     return (
-        f"INSERT INTO audit_records ({columns}) VALUES ({marks})",  # noqa: S608
+        f"INSERT INTO audit_records ({columns}) VALUES {values}",  # noqa: S608
         f"INSERT INTO audit_assessments (digest, body) VALUES ({mark}, {mark}) "  # noqa: S608
         "ON CONFLICT (digest) DO NOTHING",
     )
@@ -166,6 +170,10 @@ class AuditLog:
         self._lock = threading.Lock()  # chain head and pending list
         self._commit_lock = threading.Lock()  # one committer at a time
         self._raw: Any = None
+        #: Whether ``_raw`` is an SQLite connection of this writer's own
+        #: (autocommit) rather than one from the pool.
+        self._own = False
+        self._multi_sql: dict[int, str] = {}  # multi-row INSERT by row count
         self._sql, self._assessment_sql = _insert_sql(db.engine.dialect.paramstyle)
         self._known: set[str] = set()  # assessment digests committed
 
@@ -267,28 +275,77 @@ class AuditLog:
         """Insert and commit through one DBAPI connection kept by this writer:
         the batch's new assessments, then its records, in one transaction.
 
-        The statement is fixed, so the hot path skips SQLAlchemy's per-call
-        work; a failed connection is dropped and reopened on the next write.
+        The statements are fixed, so the hot path skips SQLAlchemy's
+        per-call work; a failed connection is dropped and reopened on the
+        next write.
         """
+        assessments = sorted({p.assessment for p in batch if p.assessment})
+        rows = [[p.record[c] for c in _COLUMNS] for p in batch]
         try:
             if self._raw is None:
-                self._raw = self._db.engine.raw_connection()
-            assessments = {p.assessment for p in batch if p.assessment is not None}
-            rows = [[p.record[c] for c in _COLUMNS] for p in batch]
+                own = self._db.autocommit_connection()
+                self._own = own is not None
+                self._raw = own if own is not None else self._db.engine.raw_connection()
             with self._db.writing():
-                cursor = self._raw.cursor()
-                try:
-                    if assessments:
-                        cursor.executemany(self._assessment_sql, sorted(assessments))
-                    cursor.executemany(self._sql, rows)
-                finally:
-                    cursor.close()
-                self._raw.commit()
+                if self._own:
+                    self._insert_sqlite(self._raw, assessments, rows)
+                else:
+                    cursor = self._raw.cursor()
+                    try:
+                        if assessments:
+                            cursor.executemany(self._assessment_sql, assessments)
+                        cursor.executemany(self._sql, rows)
+                    finally:
+                        cursor.close()
+                    self._raw.commit()
         except self._db.dbapi_error as exc:
             raw, self._raw = self._raw, None
             if raw is not None:
-                discard_connection(raw)
+                if self._own:
+                    with contextlib.suppress(Exception):
+                        raw.close()
+                else:
+                    discard_connection(raw)
             raise StoreUnavailable(type(exc).__name__) from exc
+
+    def _insert_sqlite(
+        self, conn: Any, assessments: Sequence[tuple[str, str]], rows: list[list[Any]]
+    ) -> None:
+        """An SQLite file, on an autocommit connection: records alone go in
+        as one multi-row INSERT, which SQLite commits by itself. That is
+        one statement where BEGIN, INSERT and COMMIT were three, and the
+        driver lets go of the GIL around each (a context switch and back
+        under load). New assessments, or more rows than one statement
+        takes, use an explicit transaction."""
+        chunks = [
+            rows[i : i + _ROWS_PER_STATEMENT]
+            for i in range(0, len(rows), _ROWS_PER_STATEMENT)
+        ]
+        statements = [
+            (self._rows_sql(len(chunk)), [v for row in chunk for v in row])
+            for chunk in chunks
+        ]
+        if len(statements) == 1 and not assessments:
+            conn.execute(*statements[0])
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if assessments:
+                conn.executemany(self._assessment_sql, assessments)
+            for sql, params in statements:
+                conn.execute(sql, params)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            raise
+
+    def _rows_sql(self, count: int) -> str:
+        sql = self._multi_sql.get(count)
+        if sql is None:
+            sql = _insert_sql(self._db.engine.dialect.paramstyle, count)[0]
+            self._multi_sql[count] = sql
+        return sql
 
     def close(self) -> None:
         """Close this writer's database connection."""

@@ -176,7 +176,11 @@ class SecretHasher:
 
     @staticmethod
     def _mac(key: bytes, secret: str) -> str:
-        return hmac.digest(key, secret.encode("utf-8"), "sha256").hex()
+        # hmac.new rather than hmac.digest: CPython's one-shot HMAC lets go
+        # of the GIL whatever the input's size, and under load each release
+        # hands the interpreter to another thread and back (two context
+        # switches per token; bench/README.md). Same digest either way.
+        return hmac.new(key, secret.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def verify(self, secret: str, stored: str | None) -> tuple[bool, bool]:
         """Compare in constant time; return (matches, should be re-hashed)."""

@@ -631,6 +631,23 @@ class Database:
         self._opened = True
         return conn
 
+    def autocommit_connection(self) -> sqlite3.Connection | None:
+        """A connection of its own to the SQLite file, outside the pool, in
+        autocommit mode (each statement is its own transaction unless it
+        runs between BEGIN and COMMIT); ``None`` for PostgreSQL and for an
+        in-memory SQLite database, whose every connection is a database of
+        its own. The caller closes it."""
+        if self._file is None:
+            return None
+        conn = self._open_file()
+        try:
+            conn.isolation_level = None
+            _sqlite_pragmas(conn, self._autocheckpoint)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     def start_checkpoints(self) -> None:
         """Checkpoint the WAL on a thread rather than inside commits (SQLite
         files only; see ``_Checkpointer``). For serving processes: ``dispose``

@@ -295,6 +295,90 @@ def test_a_failed_group_commit_fails_every_record_chained_on_it(
     assert first["chain"] != second["chain"]
 
 
+def test_a_batch_longer_than_one_statement_is_committed_whole(service: Any) -> None:
+    """SQLite takes a batch in INSERT statements of at most
+    ``_ROWS_PER_STATEMENT`` rows; a longer batch spans several in one
+    transaction."""
+    from issuer.audit import _ROWS_PER_STATEMENT
+
+    audit = service.audit
+    many = 2 * _ROWS_PER_STATEMENT + 5
+    sizes, began = _hold_first_commit(audit, waiting=many, fail_first=None)
+    first, _ = _writers(audit, 1)
+    assert began.wait(10)
+    rest, outcomes = _writers(audit, many)
+    for t in first + rest:
+        t.join()
+    assert outcomes == [None] * many
+    assert sizes == [1, many]
+    assert audit.verify() == (many + 1, [])
+
+
+def _poison(service: Any) -> None:
+    """Make SQLite refuse any record of the client ``poison``."""
+    with service.db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TRIGGER poison BEFORE INSERT ON audit_records "
+                "WHEN NEW.client_id = 'poison' BEGIN SELECT RAISE(ABORT, 'no'); END"
+            )
+        )
+
+
+@pytest.mark.parametrize("batch", ["one statement", "several statements"])
+def test_a_batch_refused_part_way_stores_none_of_its_records(
+    service: Any, batch: str
+) -> None:
+    import threading
+
+    from issuer.audit import _ROWS_PER_STATEMENT, AuditEntry
+    from issuer.storage import StoreUnavailable
+
+    audit = service.audit
+    _poison(service)
+    many = 3 if batch == "one statement" else _ROWS_PER_STATEMENT + 3
+    sizes, began = _hold_first_commit(audit, waiting=many, fail_first=None)
+    first, first_outcome = _writers(audit, 1)
+    assert began.wait(10)
+    rest, outcomes = _writers(audit, many - 1)
+    # The refused record comes last, so the rows before it were already
+    # sent when SQLite refused it.
+    deadline = time.monotonic() + 10
+    while len(audit._pending) < many - 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    poisoned: list[Any] = []
+
+    def poison() -> None:
+        try:
+            audit.write(AuditEntry("poison", "client_credentials", "v"), decision="x")
+        except StoreUnavailable as exc:
+            poisoned.append(exc)
+
+    last = threading.Thread(target=poison)
+    last.start()
+    for t in [*first, *rest, last]:
+        t.join()
+    assert first_outcome == [None]
+    assert sizes == [1, many]
+    assert [type(o) for o in outcomes] == [StoreUnavailable] * (many - 1)
+    assert len(poisoned) == 1
+    # Nothing of the refused batch is stored: only the first record.
+    assert audit.verify() == (1, [])
+    audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    assert audit.verify() == (2, [])
+
+
+def test_a_lone_record_refused_by_the_database_is_not_stored(service: Any) -> None:
+    from issuer.audit import AuditEntry
+    from issuer.storage import StoreUnavailable
+
+    _poison(service)
+    with pytest.raises(StoreUnavailable):
+        service.audit.write(AuditEntry("poison", "g", "v"), decision="issued")
+    service.audit.write(AuditEntry("c", "g", "v"), decision="issued")
+    assert service.audit.verify() == (1, [])
+
+
 def test_a_commit_that_landed_but_reported_failure_does_not_wedge_the_log(
     service: Any,
 ) -> None:

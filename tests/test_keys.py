@@ -106,3 +106,49 @@ def test_secret_hashing_key_rotation_keeps_old_hashes_and_rehashes(
     assert new_hash != old_hash and new_hash.split(":")[1] == new_id
     assert not service.clients.check_secret(record, secret + "x")
     assert stat.S_IMODE(hasher.path.stat().st_mode) == 0o600
+
+
+def test_token_ids_are_unique_and_their_random_part_never_repeats() -> None:
+    from issuer.access_token import new_jti
+
+    # More ids than one read of the pool serves, so it is refilled.
+    ids = [new_jti() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert len({i[12:] for i in ids}) == 1000
+    assert all(len(i) == 44 and int(i, 16) >= 0 for i in ids)
+
+
+def test_the_random_pool_hands_out_each_byte_once_and_refuses_bad_counts() -> None:
+    from issuer.access_token import RandomPool
+
+    pool = RandomPool(size=64)
+    chunks = [pool.take(16) for _ in range(4)]
+    assert [len(c) for c in chunks] == [16] * 4
+    assert len(set(chunks)) == 4
+    # 4 more bytes do not fit what is left: a fresh read serves them.
+    assert len(pool.take(64)) == 64
+    for bad in (0, -1, 65):
+        with pytest.raises(ValueError, match="count must be"):
+            pool.take(bad)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_forked_child_does_not_reuse_the_parents_random_bytes() -> None:
+    import os
+
+    from issuer.access_token import RandomPool
+
+    pool = RandomPool(size=4096)
+    pool.take(16)  # the pool now holds bytes the parent will hand out next
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next bytes and leave at once
+        os.close(read)
+        os.write(write, pool.take(16))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 16)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 16
+    assert child != pool.take(16)

@@ -9,8 +9,10 @@ With several worker processes, ``wimse-issuer serve`` points
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,6 +32,7 @@ __all__ = [
     "REFUSED",
     "REQUEST_SECONDS",
     "forget_process",
+    "labelled",
     "render",
 ]
 
@@ -63,6 +66,17 @@ POLICY_INFO = Gauge(
     ["version"],
     multiprocess_mode="liveall",
 )
+
+
+@functools.lru_cache(maxsize=1024)
+def labelled(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, kept: ``labels`` takes a lock and builds
+    a key on every call, which the token endpoint would pay two or three
+    times per request. The child is the same object ``labels`` returns.
+    Only for metrics whose children are never removed (not
+    ``POLICY_INFO``), and label values from a bounded set (endpoints, OAuth
+    error codes, grant types, levels, evidence kinds)."""
+    return metric.labels(*values)
 
 
 # A live-mode gauge file of one process, as prometheus_client names it.

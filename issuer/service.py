@@ -424,8 +424,11 @@ class IssuerService:
             jti=claims["jti"],
             expires_at=expires_at,
         )
-        metrics.ISSUED.labels(
-            grant_type, str(assessment.mial_level), str(assessment.maal_level)
+        metrics.labelled(
+            metrics.ISSUED,
+            grant_type,
+            str(assessment.mial_level),
+            str(assessment.maal_level),
         ).inc()
         log.info(
             "token issued",
@@ -845,7 +848,7 @@ class IssuerService:
                 f"{name} rejected: {exc.reason}: {exc}",
                 detail=f"{name}: {exc.reason}: {exc}",
             ) from None
-        metrics.EVIDENCE_SECONDS.labels(identity.evidence_kind).observe(
+        metrics.labelled(metrics.EVIDENCE_SECONDS, identity.evidence_kind).observe(
             time.perf_counter() - started
         )
         if len(self._verified) > 10000:

@@ -137,18 +137,20 @@ def run_form_endpoint(
             fields = {"path": path, "error": exc.error, "reason": exc.detail}
             log.info("request refused", extra={"fields": fields})
         if path == "/token":
-            metrics.REFUSED.labels(exc.error).inc()
+            metrics.labelled(metrics.REFUSED, exc.error).inc()
         return exc.status, {**_NO_STORE, **exc.headers()}, _dumps(exc.body())
     except StoreUnavailable as exc:
         log.warning(
             "store unavailable", extra={"fields": {"path": path, "cause": str(exc)}}
         )
         if path == "/token":
-            metrics.REFUSED.labels(ServerUnavailable.error).inc()
+            metrics.labelled(metrics.REFUSED, ServerUnavailable.error).inc()
         err = ServerUnavailable("the issuer's store is unavailable; retry")
         return err.status, {**_NO_STORE, **err.headers()}, _dumps(err.body())
     finally:
-        metrics.REQUEST_SECONDS.labels(path).observe(time.perf_counter() - started)
+        metrics.labelled(metrics.REQUEST_SECONDS, path).observe(
+            time.perf_counter() - started
+        )
 
 
 def request_certificate(service: IssuerService, environ: Mapping[str, Any]) -> Cert:

@@ -30,6 +30,38 @@ def test_metrics_count_issued_and_refused(client_app: Any, service: Any) -> None
     assert 'wimse_policy_info{version="none"} 1.0' in text
 
 
+def _sample(text: str, line: str) -> float:
+    rows = [r for r in text.splitlines() if r.startswith(line + " ")]
+    return float(rows[0].split()[-1]) if rows else 0.0
+
+
+def test_metrics_count_every_request_exactly(client_app: Any, service: Any) -> None:
+    """The token endpoint keeps its labelled metric children; every request
+    still counts once."""
+    client, secret = service.clients.add("e", audiences=["https://api.test"])
+    auth = {"Authorization": basic(client.client_id, secret)}
+    issued = (
+        'wimse_tokens_issued_total{grant_type="client_credentials",maal="1",mial="1"}'
+    )
+    refused = 'wimse_token_requests_refused_total{error="invalid_scope"}'
+    timed = 'wimse_request_seconds_count{endpoint="/token"}'
+    before = client_app.get("/metrics").get_data(as_text=True)
+    for _ in range(3):
+        client_app.post(
+            "/token", data={"grant_type": "client_credentials"}, headers=auth
+        )
+    for _ in range(2):
+        client_app.post(
+            "/token",
+            data={"grant_type": "client_credentials", "scope": "nope"},
+            headers=auth,
+        )
+    after = client_app.get("/metrics").get_data(as_text=True)
+    assert _sample(after, issued) - _sample(before, issued) == 3.0
+    assert _sample(after, refused) - _sample(before, refused) == 2.0
+    assert _sample(after, timed) - _sample(before, timed) == 5.0
+
+
 def test_rate_limit_answers_429_with_retry_after(make_service: Any) -> None:
     service = make_service(rate_limit=1, rate_limit_burst=2)
     app = create_app(service).test_client()

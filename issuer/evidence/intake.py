@@ -130,7 +130,7 @@ class Intake:
                 # Parsers of nested or non-UTF-8 input fail this way; it is
                 # malformed evidence, not a server fault.
                 raise EvidenceError("malformed", "evidence is malformed") from None
-            metrics.EVIDENCE_SECONDS.labels(piece.kind).observe(
+            metrics.labelled(metrics.EVIDENCE_SECONDS, piece.kind).observe(
                 time.perf_counter() - started
             )
             if piece.kind == "tpm_quote":

@@ -129,9 +129,14 @@ class LiveIssuer:
         cmd = [sys.executable, "-m", "issuer", "--home", str(self.home)]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
-        return subprocess.run(
-            [*cmd, *args], capture_output=True, text=True, check=True, env=self.env
+        result = subprocess.run(
+            [*cmd, *args], capture_output=True, text=True, check=False, env=self.env
         )
+        # The command's own error output, so a failure says why.
+        assert result.returncode == 0, (
+            f"{' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+        )
+        return result
 
     def add_client(self, name: str, *args: str) -> dict[str, Any]:
         out = self.cli("client", "add", name, "--json", *args)

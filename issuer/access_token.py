@@ -41,13 +41,20 @@ class RandomPool:
     ``os.urandom`` (what ``secrets`` calls) lets go of the GIL for its
     system call, and under load every release hands the interpreter to
     another thread and back. Token ids need 16 random bytes each, so one
-    read of 4 KiB serves 256 of them. Each byte is handed out once. A
-    forked child starts with an empty pool, so parent and child never share
+    read of 1 KiB serves 64 of them. Each byte is handed out once. A forked
+    child starts with an empty pool, so parent and child never share
     bytes. Only for values that are public once used, like a ``jti``: the
     pool keeps up to ``size`` bytes of future values in memory.
+
+    Known limit: a virtual machine cloned from a snapshot (or a process
+    restored from a checkpoint) resumes with the same pool in every copy,
+    and the copies hand out the same bytes until the pool is used up. The
+    kernel reseeds its own generator on such a clone; this pool cannot
+    tell. Token ids still differ unless two copies also issue in the same
+    millisecond.
     """
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 1024) -> None:
         self._size = size
         self._lock = threading.Lock()
         self._buffer = b""

@@ -173,6 +173,7 @@ class AuditLog:
         #: Whether ``_raw`` is an SQLite connection of this writer's own
         #: (autocommit) rather than one from the pool.
         self._own = False
+        self._generation = 0  # ``Database.generation`` when it was opened
         self._multi_sql: dict[int, str] = {}  # multi-row INSERT by row count
         self._sql, self._assessment_sql = _insert_sql(db.engine.dialect.paramstyle)
         self._known: set[str] = set()  # assessment digests committed
@@ -282,7 +283,12 @@ class AuditLog:
         assessments = sorted({p.assessment for p in batch if p.assessment})
         rows = [[p.record[c] for c in _COLUMNS] for p in batch]
         try:
+            if self._raw is not None and self._generation != self._db.generation:
+                # Opened before the connection settings changed
+                # (``start_checkpoints``): open one with the new settings.
+                self._drop_connection()
             if self._raw is None:
+                self._generation = self._db.generation
                 own = self._db.autocommit_connection()
                 self._own = own is not None
                 self._raw = own if own is not None else self._db.engine.raw_connection()
@@ -299,14 +305,26 @@ class AuditLog:
                         cursor.close()
                     self._raw.commit()
         except self._db.dbapi_error as exc:
-            raw, self._raw = self._raw, None
-            if raw is not None:
-                if self._own:
-                    with contextlib.suppress(Exception):
-                        raw.close()
-                else:
-                    discard_connection(raw)
+            self._drop_connection()
             raise StoreUnavailable(type(exc).__name__) from exc
+        except BaseException:
+            # Anything else that stopped a write half way (a bug, an
+            # interrupt): an autocommit connection left inside its
+            # transaction would hold every later record uncommitted.
+            if self._own and self._raw is not None and self._raw.in_transaction:
+                self._drop_connection()
+            raise
+
+    def _drop_connection(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        if self._own:
+            # Closing rolls back whatever transaction is open.
+            with contextlib.suppress(Exception):
+                raw.close()
+        else:
+            discard_connection(raw)
 
     def _insert_sqlite(
         self, conn: Any, assessments: Sequence[tuple[str, str]], rows: list[list[Any]]

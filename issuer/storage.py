@@ -580,6 +580,9 @@ class Database:
         self._opened = False  # whether a connection to the file was made
         self._checkpointer: _Checkpointer | None = None
         self._autocheckpoint = WAL_AUTOCHECKPOINT_PAGES
+        #: Goes up when connection settings change (``start_checkpoints``):
+        #: a connection kept outside the pool, opened before, is reopened.
+        self.generation = 0
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             kwargs = {"connect_args": {"check_same_thread": False, "timeout": 5}}
@@ -657,6 +660,7 @@ class Database:
         self._autocheckpoint = WAL_BACKSTOP_PAGES
         # Pooled connections were set up with the small threshold.
         self.engine.dispose()
+        self.generation += 1
         self._checkpointer = _Checkpointer(self._file, self._writer)
         self._checkpointer.start()
 

@@ -295,6 +295,34 @@ def test_a_failed_group_commit_fails_every_record_chained_on_it(
     assert first["chain"] != second["chain"]
 
 
+def _traced(audit: Any) -> list[str]:
+    """Write one record, so its assessment is stored and the writer's own
+    SQLite connection is open; return the list every statement that
+    connection runs from now on is appended to."""
+    from issuer.audit import AuditEntry
+
+    audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    statements: list[str] = []
+    audit._raw.set_trace_callback(statements.append)
+    return statements
+
+
+def _kinds(statements: list[str]) -> list[str]:
+    # Triggers show in the trace as comments ("-- TRIGGER name").
+    return [" ".join(s.split()[:3]) for s in statements if not s.startswith("--")]
+
+
+def test_a_lone_record_goes_in_as_one_statement(service: Any) -> None:
+    from issuer.audit import AuditEntry
+
+    statements = _traced(service.audit)
+    service.audit.write(AuditEntry("c", "client_credentials", "v"), decision="x")
+    # No BEGIN and no COMMIT: SQLite commits the one statement by itself.
+    assert _kinds(statements) == ["INSERT INTO audit_records"]
+    # Another connection sees it: it is committed.
+    assert service.audit.verify() == (2, [])
+
+
 def test_a_batch_longer_than_one_statement_is_committed_whole(service: Any) -> None:
     """SQLite takes a batch in INSERT statements of at most
     ``_ROWS_PER_STATEMENT`` rows; a longer batch spans several in one
@@ -302,6 +330,7 @@ def test_a_batch_longer_than_one_statement_is_committed_whole(service: Any) -> N
     from issuer.audit import _ROWS_PER_STATEMENT
 
     audit = service.audit
+    statements = _traced(audit)
     many = 2 * _ROWS_PER_STATEMENT + 5
     sizes, began = _hold_first_commit(audit, waiting=many, fail_first=None)
     first, _ = _writers(audit, 1)
@@ -311,7 +340,13 @@ def test_a_batch_longer_than_one_statement_is_committed_whole(service: Any) -> N
         t.join()
     assert outcomes == [None] * many
     assert sizes == [1, many]
-    assert audit.verify() == (many + 1, [])
+    assert _kinds(statements) == [
+        "INSERT INTO audit_records",  # the first record, alone
+        "BEGIN IMMEDIATE",
+        *["INSERT INTO audit_records"] * 3,
+        "COMMIT",
+    ]
+    assert audit.verify() == (many + 2, [])
 
 
 def _poison(service: Any) -> None:
@@ -336,6 +371,7 @@ def test_a_batch_refused_part_way_stores_none_of_its_records(
 
     audit = service.audit
     _poison(service)
+    statements = _traced(audit)
     many = 3 if batch == "one statement" else _ROWS_PER_STATEMENT + 3
     sizes, began = _hold_first_commit(audit, waiting=many, fail_first=None)
     first, first_outcome = _writers(audit, 1)
@@ -362,10 +398,18 @@ def test_a_batch_refused_part_way_stores_none_of_its_records(
     assert sizes == [1, many]
     assert [type(o) for o in outcomes] == [StoreUnavailable] * (many - 1)
     assert len(poisoned) == 1
-    # Nothing of the refused batch is stored: only the first record.
-    assert audit.verify() == (1, [])
-    audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    # The trace repeats an INSERT for each firing of the trigger; the
+    # transaction control around them is what tells the two paths apart.
+    control = [k for k in _kinds(statements) if not k.startswith("INSERT")]
+    if batch == "one statement":
+        # One statement is atomic by itself: no transaction around it.
+        assert control == []
+    else:
+        assert control == ["BEGIN IMMEDIATE", "ROLLBACK"]
+    # Nothing of the refused batch is stored: the two records before it.
     assert audit.verify() == (2, [])
+    audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    assert audit.verify() == (3, [])
 
 
 def test_a_lone_record_refused_by_the_database_is_not_stored(service: Any) -> None:
@@ -377,6 +421,70 @@ def test_a_lone_record_refused_by_the_database_is_not_stored(service: Any) -> No
         service.audit.write(AuditEntry("poison", "g", "v"), decision="issued")
     service.audit.write(AuditEntry("c", "g", "v"), decision="issued")
     assert service.audit.verify() == (1, [])
+
+
+class _StuckRollback:
+    """The writer's SQLite connection, except that its next records INSERT
+    fails with a non-driver error and ROLLBACK fails too: the transaction
+    stays open unless the writer drops the connection."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.armed = True
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        import sqlite3
+
+        if sql == "ROLLBACK":
+            raise sqlite3.OperationalError("rollback refused")
+        if self.armed and sql.startswith("INSERT INTO audit_records"):
+            self.armed = False
+            raise TypeError("a bug half way through a transaction")
+        return self.real.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        return self.real.executemany(sql, rows)
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.real.in_transaction)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_a_write_stopped_inside_its_transaction_does_not_hold_later_records(
+    service: Any,
+) -> None:
+    from issuer.audit import AuditEntry
+
+    audit = service.audit
+    _traced(audit)
+    stuck = _StuckRollback(audit._raw)
+    audit._raw = stuck
+    # A new assessment, so the write takes the BEGIN ... COMMIT path.
+    entry = AuditEntry("c", "client_credentials", "v", ratings={"new": 1})
+    with pytest.raises(TypeError):
+        audit.write(entry, decision="issued")
+    assert audit._raw is None  # dropped: closing it rolled back
+    audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    # The later record is committed, as another connection sees.
+    assert audit.verify() == (2, [])
+
+
+def test_a_writer_opened_before_checkpoints_started_reopens_with_their_settings(
+    service: Any,
+) -> None:
+    from issuer.audit import AuditEntry
+
+    audit = service.audit
+    audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    threshold = "PRAGMA wal_autocheckpoint"
+    assert audit._raw.execute(threshold).fetchone()[0] == 250
+    service.db.start_checkpoints()
+    audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
+    assert audit._raw.execute(threshold).fetchone()[0] == 250_000
+    assert audit.verify() == (2, [])
 
 
 def test_a_commit_that_landed_but_reported_failure_does_not_wedge_the_log(

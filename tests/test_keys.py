@@ -125,7 +125,7 @@ def test_the_random_pool_hands_out_each_byte_once_and_refuses_bad_counts() -> No
     chunks = [pool.take(16) for _ in range(4)]
     assert [len(c) for c in chunks] == [16] * 4
     assert len(set(chunks)) == 4
-    # 4 more bytes do not fit what is left: a fresh read serves them.
+    # The pool is used up: a fresh read serves the next bytes.
     assert len(pool.take(64)) == 64
     for bad in (0, -1, 65):
         with pytest.raises(ValueError, match="count must be"):
@@ -138,14 +138,16 @@ def test_a_forked_child_does_not_reuse_the_parents_random_bytes() -> None:
 
     from issuer.access_token import RandomPool
 
-    pool = RandomPool(size=4096)
+    pool = RandomPool()
     pool.take(16)  # the pool now holds bytes the parent will hand out next
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its next bytes and leave at once
-        os.close(read)
-        os.write(write, pool.take(16))
-        os._exit(0)
+        try:
+            os.close(read)
+            os.write(write, pool.take(16))
+        finally:
+            os._exit(0)
     os.close(write)
     child = os.read(read, 16)
     os.close(read)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuMeter", "CpuUse"]
+__all__ = ["CpuMeter", "CpuUse", "tree_switches"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -37,10 +37,9 @@ def _machine_busy() -> float:
     return busy / _TICK
 
 
-def _tree_cpu(root: int) -> float:
-    """CPU seconds used so far by ``root`` and all its descendants."""
-    parents: dict[int, int] = {}
-    used: dict[int, float] = {}
+def _processes() -> dict[int, tuple[int, float]]:
+    """Every process: its parent and the CPU seconds it used so far."""
+    found: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -50,19 +49,42 @@ def _tree_cpu(root: int) -> float:
             continue
         # The command name may hold spaces; the fields after it do not.
         rest = stat.rpartition(")")[2].split()
-        pid = int(entry.name)
-        parents[pid] = int(rest[1])
-        used[pid] = (int(rest[11]) + int(rest[12])) / _TICK
-    total, members = 0.0, {root}
+        found[int(entry.name)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICK)
+    return found
+
+
+def _tree(root: int, processes: dict[int, tuple[int, float]]) -> set[int]:
+    """``root`` and all its descendants."""
+    members = {root}
     changed = True
     while changed:
         changed = False
-        for pid, ppid in parents.items():
+        for pid, (ppid, _) in processes.items():
             if ppid in members and pid not in members:
                 members.add(pid)
                 changed = True
-    for pid in members:
-        total += used.get(pid, 0.0)
+    return members
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds used so far by ``root`` and all its descendants."""
+    processes = _processes()
+    return sum(processes.get(pid, (0, 0.0))[1] for pid in _tree(root, processes))
+
+
+def tree_switches(root: int) -> int:
+    """Context switches so far (voluntary and not) of every thread of
+    ``root`` and its descendants: each time a thread left the CPU."""
+    total = 0
+    for pid in _tree(root, _processes()):
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            try:
+                text = status.read_text()
+            except OSError:
+                continue  # the thread ended meanwhile
+            for line in text.splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
     return total
 
 

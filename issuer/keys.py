@@ -121,7 +121,7 @@ class SecretHasher:
         self.path = keys_dir / "secret-hmac.json"
         self._lock = threading.Lock()
         self._keys: list[tuple[str, bytes]] = []
-        self._mtime_ns = -1
+        self._seen: tuple[int, int] = (-1, -1)  # (inode, mtime) last read
         self._checked = 0.0
         with _locked(keys_dir):
             if not self.path.exists():
@@ -143,17 +143,22 @@ class SecretHasher:
         entries: list[dict[str, Any]] = json.loads(self.path.read_text())["keys"]
         return entries
 
-    def _reload(self, force: bool = False) -> None:
+    def _reload(self, force: bool = False, recheck: bool = False) -> None:
+        """Re-read the key file when it changed, checking at most once a
+        second; ``recheck`` checks now, ``force`` re-reads whatever."""
         now = time.monotonic()
-        if not force and now - self._checked < 1.0:
+        if not (force or recheck) and now - self._checked < 1.0:
             return
         self._checked = now
-        mtime = self.path.stat().st_mtime_ns
-        if mtime == self._mtime_ns and not force:
+        st = self.path.stat()
+        # Every write replaces the file (a new inode), and two writes within
+        # one tick of the file clock can share a modification time.
+        seen = (st.st_ino, st.st_mtime_ns)
+        if seen == self._seen and not force:
             return
         with self._lock:
             self._keys = [(e["id"], bytes.fromhex(e["key"])) for e in self._entries()]
-            self._mtime_ns = mtime
+            self._seen = seen
 
     def rotate(self) -> str:
         """Add a newest key; return its id. Old keys stay for old hashes."""
@@ -182,6 +187,9 @@ class SecretHasher:
         # switches per token; bench/README.md). Same digest either way.
         return hmac.new(key, secret.encode("utf-8"), hashlib.sha256).hexdigest()
 
+    def _key(self, kid: str) -> bytes | None:
+        return next((k for i, k in self._keys if i == kid), None)
+
     def verify(self, secret: str, stored: str | None) -> tuple[bool, bool]:
         """Compare in constant time; return (matches, should be re-hashed)."""
         if stored is None:
@@ -189,8 +197,16 @@ class SecretHasher:
         self._reload()
         scheme, _, rest = stored.partition(":")
         kid, _, digest = rest.partition(":")
-        key = next((k for i, k in self._keys if i == kid), None)
-        if scheme != "hmac-sha256" or key is None:
+        if scheme != "hmac-sha256":
+            return False, False
+        key = self._key(kid)
+        if key is None:
+            # Another process may have added the key a moment ago and
+            # re-hashed a secret under it: look at the file now rather than
+            # within the second. Costs one stat, only for such hashes.
+            self._reload(recheck=True)
+            key = self._key(kid)
+        if key is None:
             return False, False
         ok = hmac.compare_digest(self._mac(key, secret), digest)
         return ok, ok and kid != self._keys[0][0]
@@ -251,7 +267,7 @@ class KeyRing:
         self._lock = threading.Lock()
         self._headers: dict[tuple[str, str], str] = {}
         self._keys: list[SigningKey] = []
-        self._mtime_ns = -1
+        self._seen: tuple[int, int] = (-1, -1)  # (inode, mtime) last read
         self._checked = 0.0
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(keys_dir, 0o700)
@@ -293,10 +309,13 @@ class KeyRing:
             return
         self._checked = now
         try:
-            mtime = self._state_path.stat().st_mtime_ns
+            st = self._state_path.stat()
         except FileNotFoundError:
             return
-        if mtime == self._mtime_ns and not force:
+        # Writes replace the file, so a new inode tells a change that came
+        # within the same tick of the file clock as the last one.
+        seen = (st.st_ino, st.st_mtime_ns)
+        if seen == self._seen and not force:
             return
         with self._lock:
             keys = []
@@ -313,7 +332,7 @@ class KeyRing:
                 keys.append(key)
             keys.sort(key=lambda k: k.not_before)
             self._keys = keys
-            self._mtime_ns = mtime
+            self._seen = seen
 
     def rotate(self, alg: str | None = None, now: int | None = None) -> str:
         """Add a key that starts signing after one JWKS max-age plus the

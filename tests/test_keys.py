@@ -154,3 +154,23 @@ def test_a_forked_child_does_not_reuse_the_parents_random_bytes() -> None:
     os.waitpid(pid, 0)
     assert len(child) == 16
     assert child != pool.take(16)
+
+
+def test_a_secret_rehashed_by_another_process_under_a_new_key_verifies_at_once(
+    tmp_path: Path,
+) -> None:
+    """Two workers share ``keys/``: one rotates the hashing key and re-hashes
+    a client's secret under it; the other, which read the key file a moment
+    before, must not refuse that client until its next periodic check."""
+    from issuer.keys import SecretHasher
+
+    first = SecretHasher(tmp_path)
+    second = SecretHasher(tmp_path)
+    assert second.verify("s3cret", first.hash("s3cret")) == (True, False)
+    new_id = first.rotate()
+    rehashed = first.hash("s3cret")
+    assert rehashed.split(":")[1] == new_id
+    assert second.verify("s3cret", rehashed) == (True, False)
+    assert second.verify("wrong", rehashed) == (False, False)
+    # A hash under a key that exists nowhere still fails.
+    assert second.verify("s3cret", "hmac-sha256:nokey:" + "0" * 64) == (False, False)

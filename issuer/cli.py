@@ -26,7 +26,7 @@ from .config import ConfigError, Settings, load_settings
 from .errors import EvidenceError, OAuthError
 from .keys import KeyRing, SecretHasher
 from .policy import Policy, PolicyError
-from .storage import Database, StoreUnavailable
+from .storage import Database, StoreUnavailable, sqlite_file
 
 #: Seconds ``serve`` waits for requests in progress when told to stop,
 #: before it kills the workers that still hold one.
@@ -729,9 +729,19 @@ def audit() -> None:
 
 
 def _audit_log(settings: Settings) -> Any:
+    """The audit trail of an existing database. A home or ``database_url``
+    naming no SQLite file is refused, not created: an empty trail made by a
+    typo would verify as clean."""
     from .audit import AuditLog
 
-    db = Database(settings.resolved_database_url())
+    url = settings.resolved_database_url()
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        raise click.ClickException(
+            f"no database at {path}: check --home (or database_url); "
+            "the audit trail is in the database the issuer serves from"
+        )
+    db = Database(url)
     db.migrate()
     return AuditLog(db)
 

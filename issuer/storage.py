@@ -52,6 +52,7 @@ __all__ = [
     "Revocation",
     "StoreUnavailable",
     "UsedJti",
+    "sqlite_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -568,6 +569,17 @@ class _Checkpointer:
             self._pause = 0.0
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite database URL, or ``None`` (another database,
+    an in-memory one, or a ``file:`` URI)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return Path(path)
+
+
 class Database:
     """Engine and session factory; ``session()`` maps driver errors to
     ``StoreUnavailable`` and commits on success."""
@@ -586,17 +598,17 @@ class Database:
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             kwargs = {"connect_args": {"check_same_thread": False, "timeout": 5}}
-            path = make_url(url).database
-            if path and path != ":memory:" and not path.startswith("file:"):
+            path = sqlite_file(url)
+            if path is not None:
                 # The embedded default lives in the home folder: a fresh
                 # --home is created rather than reported as unreachable.
                 try:
-                    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 except OSError as exc:
                     raise StoreUnavailable(
                         f"cannot create the folder of {path}: {exc.strerror}"
                     ) from None
-                self._file = str(Path(path).resolve())
+                self._file = str(path.resolve())
                 self._writer = _WriterLock(self._file)
                 kwargs = {"creator": self._open_file}
         self.engine: Engine = create_engine(url, **kwargs)

@@ -143,6 +143,28 @@ def test_cli_verify_export_and_show(service: Any, issued: list[str], home: Any) 
     assert "seq 5: record altered" in result.output
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["verify"],
+        ["export"],
+        ["list"],
+        ["show", "0123"],
+        ["prune", "--older-than", "30"],
+    ],
+)
+def test_audit_commands_on_a_home_without_a_database_refuse_and_create_nothing(
+    tmp_path: Any, command: list[str]
+) -> None:
+    """A mistyped --home must not verify as an empty, clean trail."""
+    typo = tmp_path / "no-such-home"
+    result = CliRunner().invoke(main, ["--home", str(typo), "audit", *command])
+    assert result.exit_code == 1, result.output
+    assert f"no database at {typo / 'wimse-issuer.db'}" in result.output
+    assert "check --home" in result.output
+    assert not typo.exists()
+
+
 def test_no_audit_record_means_no_token(service: Any) -> None:
     from issuer.storage import StoreUnavailable
 

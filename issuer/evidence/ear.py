@@ -240,8 +240,26 @@ def _check_header(header: Mapping[str, Any], policy: EarPolicy) -> tuple[str, An
     return alg, header.get("kid")
 
 
+# Signature lengths fixed by the algorithm (RFC 7518 section 3.4: R and S
+# each as long as the curve's order; RFC 8037 section 3.1: 64 bytes).
+_SIGNATURE_BYTES = {"ES256": 64, "ES384": 96, "ES512": 132, "EdDSA": 64}
+
+
 def _verify_signature(token: str, alg: str, kid: Any, policy: EarPolicy) -> None:
-    """Try the pinned keys that fit ``alg`` (and ``kid`` when one is named)."""
+    """Try the pinned keys that fit ``alg`` (and ``kid`` when one is named).
+
+    A signature that is not base64url, or not the length ``alg`` fixes, is
+    malformed whatever the key: a cut signature is named so every time,
+    rather than only when its last characters fail to decode.
+    """
+    size = _SIGNATURE_BYTES.get(alg)
+    if size is not None:
+        try:
+            signature = _b64url(token.rsplit(".", 1)[-1])
+        except ValueError:
+            raise EvidenceError("malformed", "The EAR is not a valid JWS.") from None
+        if len(signature) != size:
+            raise EvidenceError("malformed", "The EAR signature has the wrong length.")
     candidates = [
         k
         for k in policy.keys

@@ -564,6 +564,20 @@ def client_delete(ctx: click.Context, client_id: str) -> None:
 # -- keys ----------------------------------------------------------------
 
 
+def _existing_keyring(settings: Settings) -> KeyRing:
+    """The signing keys for checking or signing audit checkpoints; refused
+    when the keys folder holds none, rather than made there: checkpoints
+    checked against fresh keys would fail, or be signed by keys no issuer
+    publishes."""
+    folder = settings.keys_dir / "signing"
+    if not (folder / "state.json").is_file():
+        raise click.ClickException(
+            f"no signing keys in {folder}: check --home; audit checkpoints "
+            "are signed with the issuer's keys"
+        )
+    return _keyring(settings)
+
+
 def _keyring(settings: Settings) -> KeyRing:
     return KeyRing(
         settings.keys_dir,
@@ -736,7 +750,8 @@ def _audit_log(settings: Settings) -> Any:
 
     url = settings.resolved_database_url()
     path = sqlite_file(url)
-    if path is not None and not path.exists():
+    # An empty file would get an empty schema and verify as clean too.
+    if path is not None and (not path.is_file() or path.stat().st_size == 0):
         raise click.ClickException(
             f"no database at {path}: check --home (or database_url); "
             "the audit trail is in the database the issuer serves from"
@@ -772,7 +787,7 @@ def audit_list(ctx: click.Context, client_id: str | None, limit: int) -> None:
 def audit_verify(ctx: click.Context) -> None:
     """Check the hash chains and checkpoint signatures; exit 1 on any fault."""
     settings = _settings(ctx)
-    count, problems = _audit_log(settings).verify(_keyring(settings))
+    count, problems = _audit_log(settings).verify(_existing_keyring(settings))
     for p in problems:
         click.echo(f"chain {p.chain} seq {p.seq}: {p.problem}")
     if problems:
@@ -845,7 +860,7 @@ def audit_prune(ctx: click.Context, days: int) -> None:
     """Remove old records, keeping each chain checkable from a signed checkpoint."""
     settings = _settings(ctx)
     before = time.time() - days * 86400
-    removed = _audit_log(settings).prune(before, _keyring(settings))
+    removed = _audit_log(settings).prune(before, _existing_keyring(settings))
     click.echo(f"removed {removed} records older than {days} days")
 
 

@@ -715,14 +715,11 @@ class Database:
             # OperationalError (unreachable) or DatabaseError (not a database,
             # malformed): either way nothing can be served from it.
             raise StoreUnavailable(type(exc).__name__) from exc
-        path = self.engine.url.database
-        if (
-            self.engine.url.get_backend_name() == "sqlite"
-            and path
-            and path != ":memory:"
-        ):
+        if self._file is not None:
             # The file holds client secret hashes: readable by the owner only.
-            os.chmod(path, 0o600)
+            # (A ``file:`` URI names its file with options the URI holds;
+            # its owner sets its mode.)
+            os.chmod(self._file, 0o600)
 
     def upgrade(self, revision: str = "head") -> None:
         """Run Alembic migrations up to ``revision``."""

@@ -165,6 +165,47 @@ def test_audit_commands_on_a_home_without_a_database_refuse_and_create_nothing(
     assert not typo.exists()
 
 
+def test_audit_commands_refuse_an_empty_database_file(tmp_path: Any) -> None:
+    (tmp_path / "wimse-issuer.db").touch()
+    result = CliRunner().invoke(main, ["--home", str(tmp_path), "audit", "verify"])
+    assert result.exit_code == 1, result.output
+    assert "no database at" in result.output
+    assert (tmp_path / "wimse-issuer.db").stat().st_size == 0
+    assert not (tmp_path / "keys").exists()
+
+
+@pytest.mark.parametrize("command", [["verify"], ["prune", "--older-than", "30"]])
+def test_verify_and_prune_refuse_a_home_without_signing_keys(
+    service: Any,
+    issued: list[str],
+    home: Any,
+    tmp_path_factory: Any,
+    command: list[str],
+) -> None:
+    """The database is found through database_url, the keys are not: they
+    must not be made up in the other home."""
+    other = tmp_path_factory.mktemp("other-home")
+    config = other / "issuer.toml"
+    config.write_text(f'database_url = "sqlite:///{home / "wimse-issuer.db"}"\n')
+    result = CliRunner().invoke(
+        main, ["--home", str(other), "--config", str(config), "audit", *command]
+    )
+    assert result.exit_code == 1, result.output
+    assert f"no signing keys in {other / 'keys' / 'signing'}" in result.output
+    assert not (other / "keys" / "signing").exists()
+    assert service.audit.verify() == (6, [])
+
+
+def test_a_file_uri_database_is_migrated_without_a_traceback(tmp_path: Any) -> None:
+    from issuer.storage import Database
+
+    url = f"sqlite:///file:{tmp_path / 'x.db'}?mode=rwc&uri=true"
+    db = Database(url)
+    db.migrate()
+    assert db.revision() is not None
+    db.dispose()
+
+
 def test_no_audit_record_means_no_token(service: Any) -> None:
     from issuer.storage import StoreUnavailable
 

@@ -36,7 +36,14 @@ from servers import (
     start_python_peer,
 )
 
-__all__ = ["STARTERS", "Options", "Scenario", "Target", "start_our_issuer"]
+__all__ = [
+    "STARTERS",
+    "Options",
+    "Scenario",
+    "Target",
+    "start_bare",
+    "start_our_issuer",
+]
 
 AUDIENCE = "https://api.bench"
 CC_BODY = "grant_type=client_credentials"
@@ -98,13 +105,20 @@ def _issuer_config(jwks_path: Path) -> dict[str, Any]:
     }
 
 
-def start_our_issuer(tmp: Path, workers: int, extended: bool) -> Target:
-    """Our issuer with ``workers``; ``extended`` adds private_key_jwt and DPoP."""
+def start_our_issuer(
+    tmp: Path, workers: int, extended: bool, threads: int | None = None
+) -> Target:
+    """Our issuer with ``workers`` (and ``threads`` per worker, else its
+    default); ``extended`` adds private_key_jwt and DPoP. The first
+    scenario is client_credentials with client_secret_basic."""
     name = f"ours{workers}"
     home = tmp / name
     home.mkdir()
     cluster_key, jwks_path = cluster(home)
-    live = start_ours(home, _issuer_config(jwks_path), workers)
+    config = _issuer_config(jwks_path)
+    if threads is not None:
+        config["threads"] = threads
+    live = start_ours(home, config, workers)
     server = as_server(live, name)
     target = Target(name, stop=server.stop, pid=server.pid)
     try:

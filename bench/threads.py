@@ -16,63 +16,42 @@ Loopback only; scratch files in a temporary folder removed at the end.
 from __future__ import annotations
 
 import argparse
-import secrets
 import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 from cpu import CpuMeter, tree_switches
-from credentials import basic
-from loadgen import Load, run_wrk
-from servers import Server, as_server, start_ours, start_python_peer
-
-AUDIENCE = "https://api.bench"
-CC_BODY = "grant_type=client_credentials"
+from loadgen import run_wrk
+from targets import Options, Target, start_bare, start_our_issuer
 
 
-def _ours(tmp: Path, threads: int) -> tuple[Server, Load]:
-    live = start_ours(tmp / f"ours-{threads}", {"threads": threads}, workers=1)
-    server = as_server(live, f"ours {threads}t")
+def _ours(tmp: Path, threads: int) -> Target:
+    folder = tmp / f"ours-{threads}"
+    folder.mkdir()
+    return start_our_issuer(folder, 1, extended=False, threads=threads)
+
+
+def _bare(tmp: Path, threads: int) -> Target:
+    folder = tmp / f"bare-{threads}"
+    folder.mkdir()
+    return start_bare(folder, Options(peer_threads=threads))
+
+
+def _measure(name: str, start: Callable[[], Target], args: argparse.Namespace) -> None:
+    """Rounds of client_credentials (client_secret_basic) against the
+    target ``start`` returns: its first scenario."""
+    target = start()
     try:
-        reg = live.add_client("bench", "--audience", AUDIENCE)
-    except BaseException:
-        server.stop()
-        raise
-    auth = {"Authorization": basic(reg["client_id"], reg["client_secret"])}
-    return server, Load(live.url + "/token", CC_BODY, auth)
-
-
-def _bare(tmp: Path, threads: int) -> tuple[Server, Load]:
-    secret = secrets.token_urlsafe(32)
-    env = {
-        "BENCH_CLIENT_ID": "bench",
-        "BENCH_CLIENT_SECRET": secret,
-        "BENCH_AUDIENCE": AUDIENCE,
-        "BENCH_ISSUER": "http://127.0.0.1",
-        "BENCH_DB": str(tmp / f"bare-{threads}.db"),
-    }
-    log = tmp / f"bare-{threads}.log"
-    server = start_python_peer(f"bare {threads}t", "bare_wsgi:app", env, log, threads)
-    auth = {"Authorization": basic("bench", secret)}
-    return server, Load(server.url + "/token", CC_BODY, auth)
-
-
-def _measure(
-    name: str,
-    start: Callable[[], tuple[Server, Load]],
-    args: argparse.Namespace,
-) -> None:
-    server, load = start()
-    try:
+        load = target.scenarios[0].make(0, "")
         run_wrk(load, 2, args.connections)  # warm-up
         for _ in range(args.rounds):
-            meter = CpuMeter(server.pid)
-            switches = tree_switches(server.pid)
+            meter = CpuMeter(target.pid)
+            switches = tree_switches(target.pid)
             meter.start()
             result = run_wrk(load, args.duration, args.connections)
             use = meter.stop()
-            switched = tree_switches(server.pid) - switches
+            switched = tree_switches(target.pid) - switches
             tokens = result.tokens_per_s * result.seconds
             per_token_ms = use.server * result.seconds / tokens * 1000 if tokens else 0
             print(
@@ -82,7 +61,7 @@ def _measure(
                 flush=True,
             )
     finally:
-        server.stop()
+        target.stop()
 
 
 def main() -> None:

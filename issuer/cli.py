@@ -569,8 +569,8 @@ def _existing_keyring(settings: Settings) -> KeyRing:
     when the keys folder holds none, rather than made there: checkpoints
     checked against fresh keys would fail, or be signed by keys no issuer
     publishes."""
-    folder = settings.keys_dir / "signing"
-    if not (folder / "state.json").is_file():
+    if not KeyRing.exists_in(settings.keys_dir):
+        folder = settings.keys_dir / "signing"
         raise click.ClickException(
             f"no signing keys in {folder}: check --home; audit checkpoints "
             "are signed with the issuer's keys"

@@ -95,6 +95,14 @@ def public_jwk(key: PrivateKey, alg: str) -> dict[str, Any]:
     return jwk
 
 
+def _file_version(path: Path) -> tuple[int, int]:
+    """What tells a key file's writes apart: every write replaces the file
+    (``_write_private``: a new inode), and two writes within one tick of
+    the file clock can share a modification time."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
 def _write_private(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -150,10 +158,7 @@ class SecretHasher:
         if not (force or recheck) and now - self._checked < 1.0:
             return
         self._checked = now
-        st = self.path.stat()
-        # Every write replaces the file (a new inode), and two writes within
-        # one tick of the file clock can share a modification time.
-        seen = (st.st_ino, st.st_mtime_ns)
+        seen = _file_version(self.path)
         if seen == self._seen and not force:
             return
         with self._lock:
@@ -260,7 +265,7 @@ class KeyRing:
         max_token_lifetime: int = 3600,
         clock_skew: int = 60,
     ) -> None:
-        self.folder = keys_dir / "signing"
+        self.folder = self._state_file(keys_dir).parent
         self.alg = alg
         self.jwks_max_age = jwks_max_age
         self.retire_after = max_token_lifetime + clock_skew
@@ -278,7 +283,17 @@ class KeyRing:
 
     @property
     def _state_path(self) -> Path:
-        return self.folder / "state.json"
+        return self._state_file(self.folder.parent)
+
+    @staticmethod
+    def _state_file(keys_dir: Path) -> Path:
+        return keys_dir / "signing" / "state.json"
+
+    @classmethod
+    def exists_in(cls, keys_dir: Path) -> bool:
+        """Whether ``keys_dir`` already holds signing keys (building a
+        ``KeyRing`` there would otherwise make some)."""
+        return cls._state_file(keys_dir).is_file()
 
     def _read_state(self) -> list[dict[str, Any]]:
         try:
@@ -309,12 +324,9 @@ class KeyRing:
             return
         self._checked = now
         try:
-            st = self._state_path.stat()
+            seen = _file_version(self._state_path)
         except FileNotFoundError:
             return
-        # Writes replace the file, so a new inode tells a change that came
-        # within the same tick of the file clock as the last one.
-        seen = (st.st_ino, st.st_mtime_ns)
         if seen == self._seen and not force:
             return
         with self._lock:

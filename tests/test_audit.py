@@ -535,21 +535,6 @@ def test_a_write_stopped_inside_its_transaction_does_not_hold_later_records(
     assert audit.verify() == (2, [])
 
 
-def test_a_writer_opened_before_checkpoints_started_reopens_with_their_settings(
-    service: Any,
-) -> None:
-    from issuer.audit import AuditEntry
-
-    audit = service.audit
-    audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
-    threshold = "PRAGMA wal_autocheckpoint"
-    assert audit._raw.execute(threshold).fetchone()[0] == 250
-    service.db.start_checkpoints()
-    audit.write(AuditEntry("c", "client_credentials", "v"), decision="issued")
-    assert audit._raw.execute(threshold).fetchone()[0] == 250_000
-    assert audit.verify() == (2, [])
-
-
 def test_a_commit_that_landed_but_reported_failure_does_not_wedge_the_log(
     service: Any,
 ) -> None:

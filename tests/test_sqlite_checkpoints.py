@@ -74,6 +74,24 @@ def _audit_connection_autocheckpoint(log: AuditLog) -> int:
         cur.close()
 
 
+def test_a_writer_opened_before_the_thread_started_takes_its_settings(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'issuer.db'}")
+    db.migrate()
+    log = AuditLog(db)
+    try:
+        _write(log, 1)
+        assert _audit_connection_autocheckpoint(log) == 250
+        db.start_checkpoints()
+        _write(log, 1)
+        assert _audit_connection_autocheckpoint(log) == 250_000
+        assert log.verify() == (2, [])
+    finally:
+        log.close()
+        db.dispose()
+
+
 @pytest.mark.usefixtures("fast_checkpoints")
 def test_restart_keeps_the_wal_small_and_every_record(
     served: tuple[Database, Path],
